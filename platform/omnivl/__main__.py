@@ -1,0 +1,5 @@
+import sys
+
+from omnivl.cli import main
+
+sys.exit(main())

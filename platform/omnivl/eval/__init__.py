@@ -1,0 +1,1 @@
+"""Evaluation metrics and reports (retrieval, zero-shot, linear probe, captioning, QA)."""

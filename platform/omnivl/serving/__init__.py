@@ -1,0 +1,1 @@
+"""Online serving: the typed app arguments (here) and the Ray Serve app (`omnivl.cluster.serve_app`)."""

@@ -1,0 +1,1 @@
+"""Training configs and the single-process training loop pieces (optimizer, schedule, checkpoint state)."""

@@ -1,0 +1,95 @@
+"""Configs owned by training: stages, optimizer and schedule, scaling, checkpointing, failure handling."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from omnivl.spec.base import Config
+
+
+class ModalityBatch(Config):
+    """Global batch size per modality (the paper: 2880 images / 800 videos)."""
+
+    image: int = Field(default=0, ge=0)
+    video: int = Field(default=0, ge=0)
+
+
+class OptimizerConfig(Config):
+    """AdamW with linear warm-up, then decay (paper: warm-up to 3e-4 / 8e-5, weight decay 0.05)."""
+
+    lr: float = Field(default=3e-4, gt=0)
+    min_lr: float = Field(default=1e-6, ge=0)
+    weight_decay: float = Field(default=0.05, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(default=100, ge=0)
+    schedule: Literal["cosine", "linear", "step"] = "cosine"
+    grad_clip: float | None = Field(default=1.0, gt=0)
+
+
+class LossWeights(Config):
+    vlc: float = Field(default=1.0, ge=0)
+    vlm: float = Field(default=1.0, ge=0)
+    lm: float = Field(default=1.0, ge=0)
+
+
+class StageConfig(Config):
+    """One pretraining stage. Stage order in the spec is execution order; a later stage starts from the
+    final checkpoint of the one before it."""
+
+    name: str = Field(min_length=1)
+    sources: list[str] = Field(min_length=1, description="names of entries in `data.sources`")
+    epochs: float | None = Field(default=None, gt=0, description="epochs over the largest source")
+    steps: int | None = Field(default=None, gt=0, description="optimizer steps (takes precedence over epochs)")
+    batch_size: ModalityBatch
+    schedule: dict[Literal["image", "video"], int] = Field(
+        default_factory=lambda: {"image": 1, "video": 1},
+        description="alternation weights: e.g. {image: 1, video: 1} alternates batches 1:1",
+    )
+    grad_accum: int = Field(default=1, ge=1)
+    optimizer: OptimizerConfig = OptimizerConfig()
+    loss_weights: LossWeights = LossWeights()
+
+    @model_validator(mode="after")
+    def _has_length(self):
+        if self.epochs is None and self.steps is None:
+            raise ValueError("set `epochs` or `steps`")
+        if self.batch_size.image == 0 and self.batch_size.video == 0:
+            raise ValueError("batch_size needs image > 0 or video > 0")
+        for modality, weight in self.schedule.items():
+            if weight < 0:
+                raise ValueError(f"schedule.{modality} must be >= 0, got {weight}")
+        return self
+
+
+class ScalingSpec(Config):
+    """Ray Train workers: a fixed count, or an elastic [min, max] range."""
+
+    num_workers: int | tuple[int, int] = 1
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(default=1.0, gt=0)
+    gpus_per_worker: float = Field(default=1.0, ge=0)
+    worker_label: dict[str, str] | None = Field(
+        default=None, description="node labels the train workers must land on, e.g. {pool: trainer}"
+    )
+
+    @model_validator(mode="after")
+    def _valid_range(self):
+        n = self.num_workers
+        lo, hi = (n, n) if isinstance(n, int) else n
+        if lo < 0 or hi < lo:
+            raise ValueError(f"num_workers must be >= 0 or a [min, max] range with min <= max, got {n}")
+        return self
+
+
+class CheckpointSpec(Config):
+    every_steps: int = Field(default=100, ge=1)
+    keep_last: int = Field(default=2, ge=1)
+
+
+class FailureSpec(Config):
+    max_failures: int = Field(default=2, ge=-1)
+    inject_failure_at_step: int | None = Field(
+        default=None, ge=1, description="test hook: crash worker rank 1 once at this step"
+    )
