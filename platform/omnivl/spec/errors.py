@@ -119,8 +119,9 @@ def _message(root: type[BaseModel], err: dict) -> str:
     if kind in ("literal_error", "enum"):
         return f"must be one of {ctx.get('expected', '?')}{got}"
     msg = err["msg"]
+    if kind == "value_error":  # our own validators: the message already names the values at fault
+        return msg.removeprefix("Value error, ")
     msg = msg[0].lower() + msg[1:] if msg else msg
-    msg = msg.removeprefix("value error, ")
     return f"{msg}{got}"
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from omnivl.spec.base import Config
 
@@ -74,13 +74,18 @@ class ScalingSpec(Config):
         default=None, description="node labels the train workers must land on, e.g. {pool: trainer}"
     )
 
-    @model_validator(mode="after")
-    def _valid_range(self):
-        n = self.num_workers
+    @field_validator("num_workers")
+    @classmethod
+    def _valid_range(cls, n):
         lo, hi = (n, n) if isinstance(n, int) else n
         if lo < 0 or hi < lo:
-            raise ValueError(f"num_workers must be >= 0 or a [min, max] range with min <= max, got {n}")
-        return self
+            raise ValueError(f"must be >= 0 or a [min, max] range with 0 <= min <= max, got {n}")
+        return n
+
+    @property
+    def worker_range(self) -> tuple[int, int]:
+        n = self.num_workers
+        return (n, n) if isinstance(n, int) else tuple(n)
 
 
 class CheckpointSpec(Config):
