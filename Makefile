@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine:  `make demo`  and  `make test`.
+# Both create the venv in .venv (Python 3.11) and install the project with pinned dependencies first.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast validate bench-data bench-train clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade "pip>=23.2"
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+## the demo pipeline on the embedded local Ray (synthetic corpus -> two-stage pretraining -> evaluation)
+demo: setup
+	$(VENV)/bin/omnivl run jobs/demo.yaml
+
+## the whole test suite (unit, Ray integration, end-to-end)
+test: setup
+	$(PY) -m pytest
+
+## unit tests only (no Ray cluster)
+test-fast: setup
+	$(PY) -m pytest -m "not ray and not slow"
+
+validate: setup
+	$(VENV)/bin/omnivl validate jobs/*.yaml
+
+clean:
+	rm -rf runs
