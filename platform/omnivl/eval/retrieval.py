@@ -1,0 +1,62 @@
+"""Retrieval metrics from a similarity matrix, for any number of matching gallery items per query.
+
+    sim_QG: similarity of each query (row) to each gallery item (column); higher is better.
+    truth:  truth[q] is the set of gallery columns that count as a match for query q.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def ranks(sim_QG: np.ndarray, truth: Sequence[set[int]]) -> np.ndarray:
+    """1-based rank of the best-ranked matching item of each query (ties broken against the query)."""
+    sim_QG = np.asarray(sim_QG, dtype=np.float64)
+    if sim_QG.shape[0] != len(truth):
+        raise ValueError(f"{sim_QG.shape[0]} queries but {len(truth)} truth sets")
+    out = np.empty(len(truth), dtype=np.int64)
+    for q, matches in enumerate(truth):
+        if not matches:
+            raise ValueError(f"query {q} has no matching gallery item")
+        best = sim_QG[q, sorted(matches)].max()
+        # items strictly better than the best match, plus non-matching ties (pessimistic)
+        non_match = np.ones(sim_QG.shape[1], dtype=bool)
+        non_match[list(matches)] = False
+        out[q] = 1 + int((sim_QG[q] > best).sum()) + int((sim_QG[q, non_match] == best).sum())
+    return out
+
+
+def recall_metrics(rank_Q: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """R@K in percent, mean and median rank."""
+    rank_Q = np.asarray(rank_Q)
+    out = {f"R@{k}": float(100.0 * (rank_Q <= k).mean()) for k in ks}
+    out["mean_rank"] = float(rank_Q.mean())
+    out["median_rank"] = float(np.median(rank_Q))
+    return out
+
+
+def chance_recall(num_gallery: int, matches_per_query: float = 1.0, k: int = 1) -> float:
+    """Expected R@K (percent) of a random ranking, for the report's 'chance' column."""
+    if num_gallery <= 0:
+        return 0.0
+    p_miss = 1.0
+    for i in range(min(k, num_gallery)):
+        p_miss *= max(0.0, (num_gallery - matches_per_query - i) / (num_gallery - i))
+    return 100.0 * (1.0 - p_miss)
+
+
+def bidirectional(sim_VT: np.ndarray, text_to_visual: Sequence[int]) -> dict[str, dict[str, float]]:
+    """Visual->text and text->visual retrieval for captions that each belong to one visual item.
+
+    `text_to_visual[t]` is the visual row that caption t describes; a visual may have several captions.
+    """
+    text_to_visual = list(text_to_visual)
+    captions_of: list[set[int]] = [set() for _ in range(sim_VT.shape[0])]
+    for t, v in enumerate(text_to_visual):
+        captions_of[v].add(t)
+    return {
+        "visual_to_text": recall_metrics(ranks(sim_VT, captions_of)),
+        "text_to_visual": recall_metrics(ranks(sim_VT.T, [{v} for v in text_to_visual])),
+    }
