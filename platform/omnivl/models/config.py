@@ -1,4 +1,8 @@
-"""The model's config as it appears in job specs: a named size plus optional initialization."""
+"""The model's config as it appears in job specs: a named size plus optional initialization and objective knobs.
+
+Fields left at `None` take the named size's value (see `omnivl.models.sizes`). Added fields all have defaults, so
+existing job specs stay valid.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,21 @@ class InitConfig(Config):
     """Pretrained initialization (paper: ViT-B/16 ImageNet weights for the visual encoder, BERT for text)."""
 
     visual: str | None = Field(default=None, description="timm ViT checkpoint: file/dir, s3:// URI or timm:<name>")
-    text: str | None = Field(default=None, description="Hugging Face BERT directory (local or s3://) or hub name")
+    text: str | None = Field(
+        default=None,
+        description="Hugging Face BERT directory (local or s3://), or 'bundled' for the packaged MiniLM-L6; "
+        "its config.json fixes the text encoder's and decoders' architecture",
+    )
+
+
+class TokenIds(Config):
+    """Special token ids of the bert-base-uncased WordPiece vocabulary, shared with the data plane's tokenizer."""
+
+    pad: int = 0
+    cls: int = 101
+    eos: int = Field(default=102, description="[SEP], used as [EOS] by the generation decoder")
+    enc: int = Field(default=1, description="[unused0]: replaces [CLS] at position 0 for the alignment decoder")
+    dec: int = Field(default=2, description="[unused1]: replaces [CLS] at position 0 for the generation decoder")
 
 
 class ModelConfig(Config):
@@ -22,3 +40,15 @@ class ModelConfig(Config):
     num_frames: int | None = Field(default=None, ge=1, description="override the size's frames per video")
     grad_checkpointing: bool = False
     init: InitConfig = InitConfig()
+    tubelet: int = Field(default=1, ge=1, description="frames per 3D patch of the video tokenizer")
+    embed_dim: int | None = Field(default=None, ge=8, description="shared contrastive space; None: the size's")
+    queue_size: int | None = Field(default=None, ge=0, description="UniVLC memory bank entries; None: the size's")
+    share_queues: bool = Field(
+        default=True, description="image and video features share one memory bank (False: one bank per modality)"
+    )
+    momentum: float = Field(default=0.995, ge=0, le=1, description="EMA coefficient of the momentum encoders")
+    temp_init: float = Field(default=0.07, gt=0, description="initial contrastive temperature (learnable)")
+    temp_min: float = Field(default=0.001, gt=0)
+    temp_max: float = Field(default=0.5, gt=0)
+    label_smoothing: float = Field(default=0.1, ge=0, lt=1, description="LM loss label smoothing")
+    tokens: TokenIds = TokenIds()
