@@ -1,0 +1,128 @@
+"""The training step, shared by the Ray Train worker function and the single-process benchmark baseline.
+
+Plain PyTorch: no Ray here. The caller supplies the task (model + losses), the optimizer and the batches; the
+function that wraps the task for DDP and the one that gathers across workers are injected by the caller.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from omnivl.train.config import OptimizerConfig
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class StepStats:
+    loss: float
+    losses: dict[str, float]
+    metrics: dict[str, float]
+    samples: int
+    seconds: float
+    wait_seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups: no weight decay on biases, norms, embeddings and the temperature (1-D or scalar tensors)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW:
+    return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=tuple(cfg.betas))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+
+
+class Streams:
+    """One restartable batch iterator per modality: an exhausted stream is reopened as a new epoch.
+
+    `open_fn(modality, epoch)` returns a fresh iterator; it is called at the same step on every rank because
+    every rank consumes the same number of batches (drop_last) on the same schedule.
+    """
+
+    def __init__(self, open_fn: Callable[[str, int], Iterator[Batch]], first_epoch: int = 0) -> None:
+        self._open = open_fn
+        self._iters: dict[str, Iterator[Batch]] = {}
+        self.epoch: dict[str, int] = {}
+        self.consumed: dict[str, int] = {}
+        self._first_epoch = first_epoch
+
+    def next(self, modality: str) -> tuple[Batch, float]:
+        """The next batch of `modality` and the seconds spent waiting for it."""
+        start = time.perf_counter()
+        if modality not in self._iters:
+            self.epoch[modality] = self._first_epoch
+            self._iters[modality] = self._open(modality, self.epoch[modality])
+        try:
+            batch = next(self._iters[modality])
+        except StopIteration:
+            self.epoch[modality] += 1
+            self._iters[modality] = self._open(modality, self.epoch[modality])
+            try:
+                batch = next(self._iters[modality])
+            except StopIteration:
+                raise RuntimeError(f"the {modality} stream is empty: no batch survived decoding") from None
+        self.consumed[modality] = self.consumed.get(modality, 0) + 1
+        return batch, time.perf_counter() - start
+
+
+def autocast_for(device: torch.device):
+    """bf16 autocast on GPUs; full precision on CPU (CPU bf16 is slower than fp32 on most hosts)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    micro_batches: list[Batch],
+    modality: str,
+    *,
+    grad_clip: float | None,
+    device: torch.device,
+    clip_params: list[torch.Tensor] | None = None,
+) -> StepStats:
+    """One optimizer step over `micro_batches` (gradient accumulation). `model(batch, modality)` must return
+    an object with `.loss` (tensor), `.losses` and `.metrics` (dicts). DDP gradient sync happens on the last
+    micro-batch only."""
+    start = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    n = len(micro_batches)
+    losses: dict[str, float] = {}
+    metrics: dict[str, float] = {}
+    total = 0.0
+    samples = 0
+    for i, batch in enumerate(micro_batches):
+        sync = i == n - 1
+        ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
+        with ctx:
+            with autocast_for(device):
+                out = model(batch, modality)
+            (out.loss / n).backward()
+        total += float(out.loss.detach()) / n
+        for k, v in out.losses.items():
+            losses[k] = losses.get(k, 0.0) + float(v) / n
+        metrics.update({k: float(v) for k, v in out.metrics.items()})
+        samples += int(next(iter(batch.values())).shape[0])
+    if grad_clip:
+        params = clip_params if clip_params is not None else [p for p in model.parameters() if p.grad is not None]
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
+    optimizer.step()
+    return StepStats(total, losses, metrics, samples, time.perf_counter() - start)
