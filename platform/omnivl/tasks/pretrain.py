@@ -1,0 +1,169 @@
+"""The pretraining task: model + momentum encoders + losses + loss weights + the batch keys it reads.
+
+Legend: B batch, E embed dim, S visual tokens, L text length.
+
+Batch contract (one modality per batch, from the data plane): `pixels` uint8 `[B,3,H,W]` (image) or
+`[B,T,3,H,W]` (video), `input_ids` int64 `[B,L]` starting with [CLS] and padded with 0, `attention_mask` int64
+`[B,L]`, `label_id` int64 `[B]` (same id = same class; caption pairs have unique ids).
+
+The task's `state_dict()` holds everything a resume needs from the model side: online and momentum weights,
+the temperature, the queues with their pointers and fill counts.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Literal, Mapping
+
+import torch
+from torch import nn
+
+from omnivl.losses import CaptionLoss, GatherFn, MatchingLoss, UniVLCLoss, identity_gather
+from omnivl.models.config import ModelConfig
+from omnivl.models.omnivl import OmniVL, build_model
+from omnivl.models.sizes import OmniVLArch
+
+Modality = Literal["image", "video"]
+BATCH_KEYS = ("pixels", "input_ids", "attention_mask", "label_id")
+LOSS_NAMES = ("vlc", "vlm", "lm")
+
+
+@dataclass
+class TaskOutput:
+    """`loss`: the weighted sum to backpropagate; `losses`: each objective (unweighted, 'vlc', 'vlm', 'lm');
+    `metrics`: floats for logging (temperature, queue_fill, vlm_accuracy, ...)."""
+
+    loss: torch.Tensor
+    losses: dict[str, torch.Tensor]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class MomentumEncoders(nn.Module):
+    """EMA copies of the visual encoder, text encoder and both projections (no gradients).
+
+    Deep copies of plain modules: gradient checkpointing is a forward-time switch in our encoders, not a wrapper,
+    so the copies own separate tensors (the BLIP-family bug of momentum weights aliasing online ones cannot
+    arise; a test checks it)."""
+
+    def __init__(self, model: OmniVL) -> None:
+        super().__init__()
+        self.visual = copy.deepcopy(model.visual)
+        self.text = copy.deepcopy(model.text)
+        self.vision_proj = copy.deepcopy(model.vision_proj)
+        self.text_proj = copy.deepcopy(model.text_proj)
+        for p in self.parameters():
+            p.requires_grad_(False)
+
+    def pairs(self, model: OmniVL):
+        for name in ("visual", "text", "vision_proj", "text_proj"):
+            yield from zip(getattr(self, name).parameters(), getattr(model, name).parameters())
+
+    @torch.no_grad()
+    def update(self, model: OmniVL, momentum: float) -> None:
+        for p_m, p in self.pairs(model):
+            p_m.mul_(momentum).add_(p.detach(), alpha=1.0 - momentum)
+
+    @torch.no_grad()
+    def embed(self, pixels_normalized: torch.Tensor, input_ids_BL, attention_mask_BL):
+        """(visual [B,E], text [B,E]) L2-normalized momentum features."""
+        v_BE = self.vision_proj(self.visual(pixels_normalized).cls_BD)
+        t_BE = self.text_proj(self.text(input_ids_BL, attention_mask_BL).cls_BD)
+        return torch.nn.functional.normalize(v_BE, dim=-1), torch.nn.functional.normalize(t_BE, dim=-1)
+
+
+class PretrainTask(nn.Module):
+    """`task(batch, modality) -> TaskOutput`.
+
+    In training mode the forward first moves the momentum encoders one EMA step towards the online ones (as BLIP
+    does, so a train loop needs no extra call) and enqueues this batch's momentum features after computing the
+    contrastive loss. Set `momentum_in_forward=False` to call `momentum_update()` yourself (e.g. once per
+    optimizer step under gradient accumulation). Objectives with weight 0 are skipped (reported as 0)."""
+
+    batch_keys = BATCH_KEYS
+
+    def __init__(self, model: OmniVL, vlc: UniVLCLoss, vlm: MatchingLoss, lm: CaptionLoss,
+                 weights: Mapping[str, float] | Any | None = None, momentum: float = 0.995,
+                 share_queues: bool = True, momentum_in_forward: bool = True) -> None:
+        super().__init__()
+        self.model = model
+        self.momentum_encoders = MomentumEncoders(model)
+        self.vlc, self.vlm, self.lm = vlc, vlm, lm
+        self.momentum = momentum
+        self.share_queues = share_queues
+        self.momentum_in_forward = momentum_in_forward
+        self.set_loss_weights(weights)
+
+    def set_loss_weights(self, weights: Mapping[str, float] | Any | None) -> None:
+        """Weights per objective: a mapping or a config with `vlc`/`vlm`/`lm` fields (train's `LossWeights`)."""
+        weights = weights or {}
+        if not isinstance(weights, Mapping):
+            weights = {k: getattr(weights, k) for k in LOSS_NAMES}
+        unknown = set(weights) - set(LOSS_NAMES)
+        if unknown:
+            raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {', '.join(LOSS_NAMES)}")
+        self.loss_weights = {k: float(weights.get(k, 1.0)) for k in LOSS_NAMES}
+
+    def queue_key(self, modality: Modality) -> str:
+        return "shared" if self.share_queues else modality
+
+    @torch.no_grad()
+    def momentum_update(self) -> None:
+        self.momentum_encoders.update(self.model, self.momentum)
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """What the optimizer should own (the momentum encoders are excluded)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def forward(self, batch: Mapping[str, torch.Tensor], modality: Modality) -> TaskOutput:
+        pixels, ids_BL, mask_BL, labels_B = self._read(batch, modality)
+        if self.training and self.momentum_in_forward:
+            self.momentum_update()
+        x = self.model.normalize_pixels(pixels, modality)
+        vis = self.model.visual(x)
+        v_BE = self.model.project_visual(vis.cls_BD)
+        t_BE = self.model.project_text(self.model.text_features(ids_BL, mask_BL).cls_BD)
+        v_m_BE, t_m_BE = self.momentum_encoders.embed(x, ids_BL, mask_BL)
+        vlc = self.vlc(v_BE, t_BE, labels_B, v_m_BE, t_m_BE, self.queue_key(modality), enqueue=self.training)
+        losses = {"vlc": vlc.loss}
+        metrics = {"temperature": vlc.temperature, "queue_fill": vlc.queue_fill}
+        losses["vlm"], metrics["vlm_accuracy"] = self._vlm(vis.tokens_BSD, ids_BL, mask_BL, labels_B, v_BE, t_BE)
+        losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL)
+        total = sum(self.loss_weights[k] * losses[k] for k in LOSS_NAMES)
+        return TaskOutput(loss=total, losses=losses, metrics=metrics)
+
+    def _vlm(self, tokens_BSD, ids_BL, mask_BL, labels_B, v_BE, t_BE):
+        if self.loss_weights["vlm"] == 0:
+            return tokens_BSD.new_zeros(()), float("nan")
+        sim_BB = (v_BE @ t_BE.T).detach() / self.vlc.temp.detach()
+        out = self.vlm(self.model.match_logits, tokens_BSD, ids_BL, mask_BL, labels_B, sim_BB)
+        return out.loss, out.accuracy
+
+    def _lm(self, tokens_BSD, ids_BL, mask_BL):
+        if self.loss_weights["lm"] == 0:
+            return tokens_BSD.new_zeros(())
+        return self.lm(self.model.lm_logits(tokens_BSD, ids_BL, mask_BL), ids_BL, mask_BL)
+
+    def _read(self, batch: Mapping[str, torch.Tensor], modality: Modality):
+        missing = [k for k in BATCH_KEYS if k not in batch]
+        if missing:
+            raise KeyError(f"{modality} batch lacks {missing}; the task reads {list(BATCH_KEYS)}")
+        device = self.model.pixel_mean.device
+        ids_BL = batch["input_ids"].to(device, torch.long)
+        mask_BL = batch["attention_mask"].to(device, torch.long)
+        return batch["pixels"], ids_BL, mask_BL, batch["label_id"].to(device, torch.long)
+
+
+def build_task(cfg: ModelConfig, weights: Mapping[str, float] | Any | None = None,
+               gather_fn: GatherFn = identity_gather, load_pretrained: bool = True) -> PretrainTask:
+    """Model (initialized from `cfg.init` when `load_pretrained`), momentum encoders and the three losses."""
+    built = build_model(cfg, load_pretrained=load_pretrained)
+    return task_for(built.model, built.arch, cfg, weights, gather_fn)
+
+
+def task_for(model: OmniVL, arch: OmniVLArch, cfg: ModelConfig, weights=None,
+             gather_fn: GatherFn = identity_gather) -> PretrainTask:
+    keys = ("shared",) if cfg.share_queues else ("image", "video")
+    vlc = UniVLCLoss(arch.embed_dim, arch.queue_size, keys, cfg.temp_init, cfg.temp_min, cfg.temp_max, gather_fn)
+    return PretrainTask(model, vlc, MatchingLoss(), CaptionLoss(cfg.label_smoothing), weights,
+                        momentum=cfg.momentum, share_queues=cfg.share_queues)
