@@ -104,7 +104,8 @@ def load_visual_state_dict(encoder: VisualEncoder, sd: dict[str, torch.Tensor], 
     report = LoadReport(source=source)
     own = encoder.state_dict()
     sd = dict(sd)
-    if "pos_embed" in sd and sd["pos_embed"].shape != own["pos_embed"].shape:
+    pos = sd.get("pos_embed")
+    if pos is not None and pos.shape[-1] == own["pos_embed"].shape[-1] and pos.shape != own["pos_embed"].shape:
         sd["pos_embed"] = _resize_timm_pos(sd["pos_embed"], own["pos_embed"])
         report.resized.append("pos_embed")
     usable = {k: v for k, v in sd.items() if k in own and not _video_only(k)}
@@ -120,8 +121,6 @@ def load_visual_state_dict(encoder: VisualEncoder, sd: dict[str, torch.Tensor], 
 
 def _resize_timm_pos(pos: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Resample a [1, 1+n*n, D] timm position table (class token first) to the target grid."""
-    if pos.shape[-1] != target.shape[-1]:
-        raise ValueError(f"pos_embed width {pos.shape[-1]} != model width {target.shape[-1]}")
     old, new = int(round((pos.shape[1] - 1) ** 0.5)), int(round((target.shape[1] - 1) ** 0.5))
     if old * old != pos.shape[1] - 1:
         raise ValueError(f"pos_embed of shape {tuple(pos.shape)} is not [CLS] + a square grid")
