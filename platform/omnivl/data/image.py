@@ -28,9 +28,9 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise bad.BadInput(bad.DECOMPRESSION_BOMB, str(exc)[:120]) from None
     except UnidentifiedImageError:
-        raise bad.BadInput(bad.UNSUPPORTED_FORMAT, "not an image PIL can identify") from None
+        raise bad.BadInput(bad.IMAGE_CORRUPT, "not an image PIL can identify") from None
     except (OSError, ValueError, SyntaxError) as exc:
-        raise bad.BadInput(bad.IMAGE_CORRUPT, str(exc)[:120]) from None
+        raise _failure(exc) from None
     w, h = img.size
     if w * h > max_pixels or w <= 0 or h <= 0:
         raise bad.BadInput(bad.DECOMPRESSION_BOMB, f"{w}x{h} > {max_pixels} pixels")
@@ -47,13 +47,16 @@ def decode_image(data: bytes, max_pixels: int = 64_000_000, draft_size: int | No
     try:
         img.load()
         img = ImageOps.exif_transpose(img)
-    except OSError as exc:
-        reason = bad.IMAGE_TRUNCATED if "truncated" in str(exc).lower() else bad.IMAGE_CORRUPT
-        raise bad.BadInput(reason, str(exc)[:120]) from None
-    except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise bad.BadInput(bad.IMAGE_CORRUPT, str(exc)[:120]) from None
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise _failure(exc) from None
     converted = img.mode != "RGB"
     return to_rgb(img), converted
+
+
+def _failure(exc: Exception) -> bad.BadInput:
+    """PIL reports a cut-off file as an OSError mentioning truncation; anything else is corrupt data."""
+    reason = bad.IMAGE_TRUNCATED if "truncated" in str(exc).lower() else bad.IMAGE_CORRUPT
+    return bad.BadInput(reason, str(exc)[:120])
 
 
 def to_rgb(img: Image.Image) -> np.ndarray:

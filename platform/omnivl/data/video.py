@@ -14,6 +14,7 @@ one frame, so indices repeat in order). The row is counted as `video_short_frame
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -64,12 +65,17 @@ def sample_frame_indices(num_frames: int, t: int, train: bool, rng: np.random.Ge
     return np.clip(np.floor(positions).astype(np.int64), 0, num_frames - 1)
 
 
+DECODE_WIDTH_MULTIPLE = 32
+
+
 def decoded_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(height, width) with the shorter side scaled to `short_side`, aspect kept, both even (codecs like
-    even sizes; cropping takes care of the rest)."""
+    """(height, width) to decode at: shorter side >= `short_side`, aspect kept, width a multiple of 32.
+    decord 0.6.0 fails its output copy for some widths (8, 16, 24, 48, 72: "from_size == to_size");
+    every multiple of 32 works, so the width is rounded up to one and the height follows the aspect."""
     scale = short_side / min(height, width)
-    h, w = max(short_side, round(height * scale)), max(short_side, round(width * scale))
-    return h + (h % 2), w + (w % 2)
+    w = max(DECODE_WIDTH_MULTIPLE, math.ceil(width * scale / DECODE_WIDTH_MULTIPLE) * DECODE_WIDTH_MULTIPLE)
+    h = max(short_side, round(height * w / width))
+    return h, w
 
 
 def decode_clip(data: bytes, t: int, short_side: int, train: bool, rng: np.random.Generator | None = None,
