@@ -1,0 +1,160 @@
+"""Start and stop a real Ray head on 127.0.0.1 for tests; find the processes that belong to it.
+
+`ray start --head --block` runs in the foreground and owns every process of the cluster (GCS, raylet,
+dashboard, agents, workers, job drivers); SIGTERM to it tears all of them down. `RayHead.shutdown` records that
+process tree first and returns whichever of its processes is still alive afterwards, so stopping a test
+cluster never needs `ray stop` (which kills every Ray cluster on the machine). Each head gets its own
+`--temp-dir` and explicit free ports, so it cannot collide with, or be attached to by, other clusters.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent if (Path(sys.executable).parent / "ray").exists() else ROOT / ".venv" / "bin"
+CLIENT_ENV_VARS = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) for every process, read from /proc."""
+    table = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        table[int(entry)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    table = process_table()
+    found, frontier = set(), [pid]
+    while frontier:
+        parent = frontier.pop()
+        for child, (ppid, _) in table.items():
+            if ppid == parent and child not in found:
+                found.add(child)
+                frontier.append(child)
+    return found
+
+
+def alive(pids: set[int]) -> set[int]:
+    table = process_table()
+    return {p for p in pids if p in table and table[p][1] != "Z"}
+
+
+def mentioning(text: str) -> set[int]:
+    """Processes whose command line contains `text`."""
+    hits = set()
+    for pid in process_table():
+        try:
+            if text in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+                hits.add(pid)
+        except OSError:
+            continue
+    return hits
+
+
+@dataclass
+class RayHead:
+    address: str  # Jobs API (dashboard) URL
+    token: str
+    process: subprocess.Popen
+    temp_dir: Path
+    log_path: Path
+    tree: set[int] = field(default_factory=set)
+
+    def snapshot_tree(self) -> set[int]:
+        """Every process of this cluster right now (the `ray start` process and all its descendants)."""
+        self.tree |= {self.process.pid} | descendants(self.process.pid)
+        return self.tree
+
+    def shutdown(self, timeout_s: float = 30.0) -> set[int]:
+        """SIGTERM `ray start --block` and wait; SIGKILL only our own stragglers. Returns the pids of our
+        cluster still alive after that (expected: none)."""
+        if self.process.poll() is None:
+            self.snapshot_tree()
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        deadline = time.monotonic() + 10
+        while alive(self.tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return alive(self.tree)
+
+
+def _head_env(token: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARS}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token, RAY_USAGE_STATS_ENABLED="0",
+               PATH=f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}")  # job entrypoints run `python` from PATH
+    return env
+
+
+def _head_command(temp_dir: Path, dashboard_port: int) -> list[str]:
+    ports = {name: free_port() for name in (
+        "port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+        "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
+    return [
+        str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
+        "--num-cpus=2", "--num-gpus=0", "--object-store-memory=120000000", f"--temp-dir={temp_dir}",
+        "--disable-usage-stats", *[f"--{name}={port}" for name, port in ports.items()],
+    ]
+
+
+def _wait_until_up(head: RayHead, timeout_s: float = 90.0) -> None:
+    request = urllib.request.Request(f"{head.address}/api/version",
+                                     headers={"Authorization": f"Bearer {head.token}"})
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if head.process.poll() is not None:
+            raise RuntimeError(f"ray start exited with {head.process.returncode}:\n{head.log_path.read_text()[-3000:]}")
+        try:
+            urllib.request.urlopen(request, timeout=2).read()
+            return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.5)
+    raise RuntimeError(f"Ray head not up after {timeout_s}s:\n{head.log_path.read_text()[-3000:]}")
+
+
+def start_head() -> RayHead:
+    """Start a token-auth Ray head on 127.0.0.1 (short temp dir: Ray's unix socket paths must stay short)."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="ovl-ray-", dir="/tmp"))
+    log_path = temp_dir.with_suffix(".log")
+    token = secrets.token_hex(16)
+    dashboard_port = free_port()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(_head_command(temp_dir, dashboard_port), env=_head_env(token),
+                                   stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    head = RayHead(f"http://127.0.0.1:{dashboard_port}", token, process, temp_dir, log_path)
+    try:
+        _wait_until_up(head)
+    except BaseException:
+        head.shutdown()
+        raise
+    return head
