@@ -18,7 +18,7 @@ import yaml
 
 from omnivl.cli import main
 from omnivl.cluster import jobs_client as jc
-from rayhead import free_port, mentioning
+from rayhead import CLIENT_ENV_VARS, free_port, mentioning
 
 pytestmark = pytest.mark.ray
 
@@ -163,17 +163,15 @@ def test_unreachable_address_names_it(clean_client_env, capsys):
 
 
 def test_no_token_gives_clear_message(ray_head, tmp_path):
-    """A fresh process with no token anywhere (the common mistake) gets told what to set. Run as a
-    subprocess: Ray's client adds a token on its own when this process's Ray auth mode is already `token`."""
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS",
-                                                          "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")}
-    env.update(HOME=str(tmp_path), RAY_AUTH_MODE="disabled")
-    for auth in ("auto", "disabled"):
-        proc = subprocess.run([sys.executable, "-m", "omnivl", "status", "x", "--address", ray_head.address,
-                               "--auth", auth], env=env, capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 3, proc.stderr
-        assert "requires token authentication and no token was sent" in proc.stderr
-        assert "RAY_AUTH_TOKEN" in proc.stderr and "--auth" in proc.stderr
+    """A fresh shell with no token anywhere (the common mistake) is told what to set. A subprocess, because
+    the mistake is about a process whose Ray auth mode is unset, and this one's may already be `token`."""
+    env = {k: v for k, v in os.environ.items() if k not in CLIENT_ENV_VARS}
+    env["HOME"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "omnivl", "status", "x", "--address", ray_head.address],
+                          env=env, capture_output=True, text=True, timeout=90)
+    assert proc.returncode == 3, proc.stderr
+    assert "requires token authentication and no token was sent (auth mode 'auto')" in proc.stderr
+    assert "RAY_AUTH_TOKEN" in proc.stderr and "--auth" in proc.stderr
 
 
 def test_wrong_token_is_rejected_clearly(ray_head, clean_client_env, capsys, monkeypatch):
