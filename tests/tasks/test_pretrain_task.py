@@ -1,0 +1,138 @@
+"""Pretraining task: batch contract, momentum encoders, queues per modality, state round-trip, loss weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from omnivl.models.config import ModelConfig
+from omnivl.tasks import PretrainTask, TaskOutput, build_task
+
+
+def _batch(B=4, video=False, labels=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    shape = (B, 4, 3, 64, 64) if video else (B, 3, 64, 64)
+    ids = torch.randint(1000, 5000, (B, 8), generator=g)
+    ids[:, 0], ids[:, -1] = 101, 102
+    mask = torch.ones(B, 8, dtype=torch.long)
+    mask[0, 5:] = 0
+    ids[mask == 0] = 0
+    return {"pixels": torch.randint(0, 256, shape, dtype=torch.uint8, generator=g), "input_ids": ids,
+            "attention_mask": mask, "label_id": torch.arange(B) if labels is None else labels}
+
+
+def _task(**cfg) -> PretrainTask:
+    torch.manual_seed(0)
+    return build_task(ModelConfig(queue_size=16, **cfg))
+
+
+def test_forward_returns_named_losses_and_metrics():
+    task = _task().train()
+    out = task(_batch(), "image")
+    assert isinstance(out, TaskOutput) and set(out.losses) == {"vlc", "vlm", "lm"}
+    assert {"temperature", "queue_fill", "vlm_accuracy"} <= set(out.metrics)
+    torch.testing.assert_close(out.loss, sum(out.losses.values()))
+    out.loss.backward()
+    assert task.model.vision_proj.weight.grad is not None and task.vlc.temp.grad is not None
+    assert all(p.grad is None for p in task.momentum_encoders.parameters())
+    video_out = task(_batch(video=True), "video")
+    assert torch.isfinite(video_out.loss)
+
+
+def test_momentum_encoders_are_separate_even_with_grad_checkpointing():
+    task = _task(grad_checkpointing=True)
+    online = {p.data_ptr() for p in task.model.parameters()}
+    assert not any(p.data_ptr() in online for p in task.momentum_encoders.parameters())
+    assert all(not p.requires_grad for p in task.momentum_encoders.parameters())
+    assert not set(map(id, task.trainable_parameters())) & set(map(id, task.momentum_encoders.parameters()))
+
+
+def test_momentum_update_is_an_ema():
+    task = _task(momentum=0.9)
+    with torch.no_grad():
+        for p in task.model.vision_proj.parameters():
+            p.add_(1.0)
+    before = task.momentum_encoders.vision_proj.weight.clone()
+    online = task.model.vision_proj.weight.detach().clone()
+    task.momentum_update()
+    torch.testing.assert_close(task.momentum_encoders.vision_proj.weight, 0.9 * before + 0.1 * online)
+
+
+def test_training_forward_updates_momentum_and_fills_queue_eval_does_not():
+    task = _task()
+    m_before = task.momentum_encoders.text_proj.weight.clone()
+    task.eval()
+    with torch.no_grad():
+        task(_batch(), "image")
+    assert int(task.vlc.queues["shared"].filled) == 0
+    task.train()
+    with torch.no_grad():
+        task.model.text_proj.weight.add_(1.0)
+    out = task(_batch(B=3), "image")
+    assert int(task.vlc.queues["shared"].filled) == 3 and out.metrics["queue_fill"] == 3 / 16
+    assert not torch.equal(task.momentum_encoders.text_proj.weight, m_before)
+
+
+def test_separate_queues_per_modality():
+    task = _task(share_queues=False).train()
+    assert set(task.vlc.queues) == {"image", "video"}
+    task(_batch(), "image")
+    task(_batch(B=2, video=True), "video")
+    assert int(task.vlc.queues["image"].filled) == 4 and int(task.vlc.queues["video"].filled) == 2
+    shared = _task().train()
+    shared(_batch(), "image")
+    shared(_batch(B=2, video=True), "video")
+    assert set(shared.vlc.queues) == {"shared"} and int(shared.vlc.queues["shared"].filled) == 6
+
+
+def test_state_dict_round_trips_everything():
+    task = _task().train()
+    for seed in range(3):  # wrap the queue (16 slots) with a short last batch
+        task(_batch(B=7 if seed < 2 else 3, seed=seed), "image").loss.backward()
+    with torch.no_grad():
+        task.vlc.temp.fill_(0.05)
+    state = task.state_dict()
+    for key in ("vlc.temp", "vlc.queues.shared.ptr", "vlc.queues.shared.filled", "vlc.queues.shared.labels_M",
+                "momentum_encoders.visual.cls_token", "model.visual.cls_token"):
+        assert key in state, key
+    fresh = _task()
+    torch.manual_seed(123)
+    fresh.model.visual.reset_parameters()
+    fresh.load_state_dict(state)
+    for k, v in fresh.state_dict().items():
+        assert torch.equal(v, state[k]), k
+    assert int(fresh.vlc.queues["shared"].ptr) == (7 + 7 + 3) % 16
+    fresh.eval(), task.eval()
+    b = _batch(seed=9)
+    torch.manual_seed(0)
+    a = task(b, "image")
+    torch.manual_seed(0)
+    c = fresh(b, "image")
+    for name in a.losses:
+        torch.testing.assert_close(a.losses[name], c.losses[name])
+
+
+def test_loss_weights_and_skipping():
+    task = _task().train()
+    task.set_loss_weights({"vlc": 1.0, "vlm": 0.0, "lm": 0.5})
+    out = task(_batch(), "image")
+    assert float(out.losses["vlm"]) == 0.0
+    torch.testing.assert_close(out.loss, out.losses["vlc"] + 0.5 * out.losses["lm"])
+    with pytest.raises(ValueError, match="unknown loss weights"):
+        task.set_loss_weights({"itc": 1.0})
+
+
+def test_missing_batch_key_names_the_contract():
+    task = _task()
+    batch = _batch()
+    del batch["label_id"]
+    with pytest.raises(KeyError, match="label_id"):
+        task(batch, "image")
+    with pytest.raises(ValueError, match="rank"):
+        task(_batch(video=True), "image")
+
+
+def test_same_label_samples_are_never_hard_negatives_of_each_other():
+    task = _task().train()
+    out = task(_batch(B=4, labels=torch.tensor([3, 3, 3, 3])), "image")
+    assert torch.isfinite(out.loss)  # no valid negatives: only positives are scored
