@@ -88,9 +88,13 @@ def _outcome(info) -> int:
 @_guarded
 def cmd_submit(args) -> int:
     """Validate first (SpecError -> exit 2, nothing sent), submit, print the job id, then wait or follow."""
+    from omnivl.cluster.jobs_client import relative_outputs
     from omnivl.spec import load_spec
 
-    load_spec(args.spec, args.overrides)
+    job = load_spec(args.spec, args.overrides)
+    for setting in relative_outputs(job):
+        print(f"warning: {setting} is a relative path; on the cluster it lands in the job's temporary working "
+              "directory. Use an absolute path on shared storage or an s3:// URI (--set ...).", file=sys.stderr)
     client = _client(args)
     job_id = client.submit_spec(args.spec, args.overrides, submission_id=args.submission_id)
     print(job_id, flush=True)

@@ -270,6 +270,17 @@ def resolved_spec(spec_path: str | Path, overrides: list[str] | tuple[str, ...] 
     return raw
 
 
+def relative_outputs(job) -> list[str]:
+    """`field=value` for each output location of `job` that is a relative local path. On the cluster such a
+    path resolves inside the job's temporary working directory, so the caller should warn."""
+    found = []
+    for field in ("output", "output_root"):
+        value = getattr(job, field, None)
+        if isinstance(value, str) and "://" not in value and not value.startswith(("/", "~")):
+            found.append(f"{field}={value}")
+    return found
+
+
 def code_runtime_env(working_dir: str | Path) -> dict:
     """runtime_env carrying our code: the `omnivl` package as a py_module and `working_dir` (which holds the
     resolved spec). Data, checkpoints and outputs are addressed by path or URI in the spec, never uploaded;
@@ -295,5 +306,5 @@ def _without_env(names: tuple[str, ...]) -> Iterator[None]:
 
 __all__ = [
     "AUTH_MODES", "ENTRYPOINT", "JobInfo", "JobsAuthError", "JobsClient", "JobsError", "Token", "auth_headers",
-    "code_runtime_env", "default_auth_mode", "find_token", "resolve_address", "resolved_spec", "select_token",
+    "code_runtime_env", "default_auth_mode", "find_token", "relative_outputs", "resolve_address", "resolved_spec", "select_token",
 ]
