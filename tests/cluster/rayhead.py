@@ -84,6 +84,7 @@ class RayHead:
     process: subprocess.Popen
     temp_dir: Path
     log_path: Path
+    gcs_port: int
     tree: set[int] = field(default_factory=set)
 
     def snapshot_tree(self) -> set[int]:
@@ -115,13 +116,18 @@ def _head_env(token: str) -> dict[str, str]:
     return env
 
 
-def _head_command(temp_dir: Path, dashboard_port: int) -> list[str]:
-    ports = {name: free_port() for name in (
-        "port", "ray-client-server-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
-        "metrics-export-port", "runtime-env-agent-port", "node-manager-port", "object-manager-port")}
+def _free_ports() -> dict[str, int]:
+    """Every port `ray start --head` would otherwise take from fixed defaults (6379, 10001, 52365, ...)."""
+    return {name: free_port() for name in (
+        "port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port", "node-manager-port",
+        "object-manager-port")}
+
+
+def _head_command(temp_dir: Path, ports: dict[str, int]) -> list[str]:
     return [
         str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-        "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
+        "--dashboard-host=127.0.0.1", "--include-dashboard=true",
         "--num-cpus=2", "--num-gpus=0", "--object-store-memory=120000000", f"--temp-dir={temp_dir}",
         "--disable-usage-stats", *[f"--{name}={port}" for name, port in ports.items()],
     ]
@@ -147,11 +153,11 @@ def start_head() -> RayHead:
     temp_dir = Path(tempfile.mkdtemp(prefix="ovl-ray-", dir="/tmp"))
     log_path = temp_dir.with_suffix(".log")
     token = secrets.token_hex(16)
-    dashboard_port = free_port()
+    ports = _free_ports()
     with open(log_path, "w") as log:
-        process = subprocess.Popen(_head_command(temp_dir, dashboard_port), env=_head_env(token),
+        process = subprocess.Popen(_head_command(temp_dir, ports), env=_head_env(token),
                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    head = RayHead(f"http://127.0.0.1:{dashboard_port}", token, process, temp_dir, log_path)
+    head = RayHead(f"http://127.0.0.1:{ports['dashboard-port']}", token, process, temp_dir, log_path, ports["port"])
     try:
         _wait_until_up(head)
     except BaseException:

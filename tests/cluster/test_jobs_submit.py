@@ -184,6 +184,10 @@ def test_zz_shutdown_stops_exactly_our_cluster(ray_head):
     ours = ray_head.snapshot_tree()
     assert len(ours) > 5  # gcs, raylet, dashboard and its modules, agents, workers ...
     assert mentioning(str(ray_head.temp_dir)) <= ours
+    # Ray recorded our cluster under our own temp dir, so a later bare `ray.init()` elsewhere cannot find it.
+    assert str(ray_head.gcs_port) in (ray_head.temp_dir / "ray_current_cluster").read_text()
+    shared = Path("/tmp/ray/ray_current_cluster")
+    assert not shared.exists() or f":{ray_head.gcs_port}" not in shared.read_text()
     assert not ray_head.shutdown()
     assert not mentioning(str(ray_head.temp_dir))
     with pytest.raises(OSError):
