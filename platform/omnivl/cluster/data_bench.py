@@ -27,7 +27,7 @@ from omnivl.data.video import decode_clip
 @dataclass
 class BenchConfig:
     videos: int = 4            # distinct files; rows cycle over them
-    clips: int = 48            # rows decoded per video measurement
+    clips: int = 64            # rows decoded per video measurement
     seconds: float = 10.0
     fps: int = 30
     width: int = 640
@@ -39,7 +39,8 @@ class BenchConfig:
     workers: int = 2           # cores given to (a) and (c)
     image_size: int = 224
     num_frames: int = 8
-    batch_size: int = 8
+    batch_size: int = 4        # clips per decode batch
+    image_batch_size: int = 32
 
 
 @dataclass
@@ -111,28 +112,31 @@ def _batches(source: SourceConfig, batch_size: int) -> list[dict]:
 
 
 def _timed(batches_iter, cores: int, started: float) -> Rate:
-    """Drain an iterator of output batches; the rate clock starts at the first batch."""
-    first_at, first_n, total = None, 0, 0
+    """Drain an iterator of output batches. The rate clock starts when `cores` batches have arrived (by then
+    every worker has started and produced), and counts only the rows after them."""
+    warm_at, warm_n, total, seen = None, 0, 0, 0
     for out in batches_iter:
-        n = len(out["label_id"])
-        total += n
-        if first_at is None:
-            first_at, first_n = time.perf_counter(), n
+        total += len(out["label_id"])
+        seen += 1
+        if seen == cores:
+            warm_at, warm_n = time.perf_counter(), total
     end = time.perf_counter()
-    return Rate(total - first_n, end - first_at, first_at - started, cores)
+    if warm_at is None or total == warm_n:  # too few batches to time after warm-up: count start-up in
+        return Rate(total, end - started, 0.0, cores)
+    return Rate(total - warm_n, end - warm_at, warm_at - started, cores)
 
 
 def bare_loop(source: SourceConfig, decode: DecodeConfig, modality: str) -> Rate:
     started = time.perf_counter()
     decoder = RowDecoder([source], decode, modality, train=True, seed=0)
-    return _timed((decoder(b)[0] for b in _batches(source, decode.actors.batch_size)), 1, started)
+    return _timed((decoder(b)[0] for b in _batches(source, decode.pool(modality).batch_size)), 1, started)
 
 
 class _TorchBatches:
     """A map-style torch Dataset whose items are whole batches, each decoded by the worker's own RowDecoder."""
 
     def __init__(self, source, decode, modality):
-        self.args, self.batches, self.decoder = (source, decode, modality), _batches(source, decode.actors.batch_size), None
+        self.args, self.batches, self.decoder = (source, decode, modality), _batches(source, decode.pool(modality).batch_size), None
 
     def __len__(self):
         return len(self.batches)
@@ -190,7 +194,9 @@ def run(cfg: BenchConfig, workdir: str | None = None, log=print) -> dict:
         started_ray = True
     decode = DecodeConfig(image_size=cfg.image_size, num_frames=cfg.num_frames, randaugment=True,
                           actors=ActorPoolConfig(min_size=cfg.workers, max_size=cfg.workers,
-                                                 cpus_per_actor=1, batch_size=cfg.batch_size))
+                                                 cpus_per_actor=1, batch_size=cfg.batch_size),
+                          image_actors=ActorPoolConfig(min_size=cfg.workers, max_size=cfg.workers,
+                                                       cpus_per_actor=1, batch_size=cfg.image_batch_size))
     try:
         with tempfile.TemporaryDirectory(prefix="omnivl-bench-", dir=workdir) as tmp:
             t = time.perf_counter()
@@ -225,13 +231,17 @@ def _report(cfg: BenchConfig, results: dict, sparse: Rate, full: Rate) -> dict:
     for modality, r in results.items():
         a, b, c = r["ray"].per_core, r["bare"].per_core, r["dataloader"].per_core
         figures[modality] = {k: {**asdict(v), "per_core": v.per_core} for k, v in r.items()}
-        figures[modality].update(a_over_b=a / b, a_over_c=a / c)
+        figures[modality].update(a_over_b=_ratio(a, b), a_over_c=_ratio(a, c))
         label = f"{modality} ({unit[modality]}/s/core)"
-        lines.append(f"{label:22} {a:13.1f} {b:14.1f} {c:15.1f} {a / b:6.2f} {a / c:6.2f}"
+        lines.append(f"{label:22} {a:13.1f} {b:14.1f} {c:15.1f} {_ratio(a, b):6.2f} {_ratio(a, c):6.2f}"
                      f"  {r['ray'].startup_s:.1f} / {r['dataloader'].startup_s:.1f}")
-    speedup = sparse.per_core / full.per_core
+    speedup = _ratio(sparse.per_core, full.per_core)
     lines.append(f"video decode, sampled frames only: {sparse.per_core:.1f} clips/s; every frame then pick: "
                  f"{full.per_core:.1f} clips/s; speedup {speedup:.2f}x")
     figures["sparse_vs_full"] = {"sampled_clips_per_s": sparse.per_core, "full_clips_per_s": full.per_core,
                                  "speedup": speedup}
     return {"config": asdict(cfg), "figures": figures, "lines": lines}
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")

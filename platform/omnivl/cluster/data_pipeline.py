@@ -100,15 +100,17 @@ def decode_label_selector(wanted: dict | None) -> dict | None:
     return None
 
 
-_HANDLES: dict[str, object] = {}
+_HANDLES: dict[tuple[str, str], object] = {}
 
 
 def ledger_actor(name: str = DEFAULT_LEDGER):
-    """The named ledger actor, created on first use. It belongs to the driver that created it; the handle is
-    kept here because Ray collects a non-detached actor once its creator drops every handle."""
-    handle = DataLedger.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
-    _HANDLES[name] = handle
-    return handle
+    """The named ledger actor, created on first use. It belongs to the driver that created it, and Ray
+    collects a non-detached actor once its creator drops the original handle (a handle got back through
+    `get_if_exists` does not keep it alive), so the first handle is kept here per Ray job."""
+    key = (ray.get_runtime_context().get_job_id(), name)
+    if key not in _HANDLES:
+        _HANDLES[key] = DataLedger.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
+    return _HANDLES[key]
 
 
 def read_rows(sources: list[SourceConfig], modality: str, train: bool, seed: int) -> list[ManifestRow]:
@@ -136,7 +138,7 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
     key = dataset_key(sources, modality, train)
     ledger_handle = ledger_actor(ledger)
     selector = decode_label_selector(CPU_POOL if label_selector is None else label_selector)
-    pool = decode.actors
+    pool = decode.pool(modality)
     chunk = pool.batch_size
     table = rows_to_table(rows)
     blocks = [table.slice(i, chunk) for i in range(0, max(len(rows), 1), chunk)]

@@ -67,6 +67,11 @@ class DecodeConfig(Config):
     )
     randaugment: bool = True
     actors: ActorPoolConfig = ActorPoolConfig()
+    image_actors: ActorPoolConfig | None = Field(
+        default=None,
+        description="pool for image decoding if it should differ from `actors`: an image costs ~1/20 of a clip, "
+        "so images want batches of 32+ to amortize the per-batch overhead",
+    )
     max_bad_fraction: float = Field(default=0.01, ge=0, le=1)
     decode_timeout_s: float = Field(default=30.0, gt=0)
     crop_scale_min: float = Field(
@@ -80,6 +85,11 @@ class DecodeConfig(Config):
     )
     max_caption_chars: int = Field(default=2000, ge=1, description="longer captions are cut here (and counted)")
     decode_threads: int = Field(default=1, ge=0, description="decoder threads per clip (0 = decord's auto)")
+
+
+    def pool(self, modality: str) -> ActorPoolConfig:
+        """The actor pool that decodes `modality`."""
+        return self.image_actors if modality == "image" and self.image_actors else self.actors
 
 
 class SynthConfig(Config):
