@@ -32,6 +32,7 @@ from omnivl.train.schedule import lr_at, modality_at, split_batch, stage_weights
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
+TRAIN_COLUMNS = ("pixels", "input_ids", "attention_mask", "label_id")
 METRICS_FILE = "metrics.jsonl"
 
 
@@ -77,6 +78,10 @@ def run_stage(job: PretrainJob, index: int, run_dir: str) -> dict:
         print(f"stage {stage.name!r}: finished already (final checkpoint {final.uri}), skipped", flush=True)
         return {"status": "skipped", "final_checkpoint": final.uri, "steps": final.step}
     init = starting_point(job, index, run_dir)
+    import ray.data
+
+    # our progress lines replace Ray Data's bars, which interleave badly with the workers' output
+    ray.data.DataContext.get_current().enable_progress_bars = False
     datasets, rows = stage_datasets(job, index)
     weights = stage_weights(stage, set(datasets))
     total = steps_for_stage(stage, rows, weights)
@@ -127,7 +132,7 @@ def ray_storage_path(run_dir: str) -> str:
 
 def stage_datasets(job: PretrainJob, index: int):
     """One Ray Data stream per modality of the stage, and the row count of each (for epoch lengths)."""
-    from omnivl.cluster.data_pipeline import build_dataset, count_rows
+    from omnivl.cluster.data_pipeline import build_dataset, read_rows
 
     stage = job.stages[index]
     by_name = {s.name: s for s in job.data.sources}
@@ -137,9 +142,9 @@ def stage_datasets(job: PretrainJob, index: int):
         group = [s for s in sources if s.modality == modality]
         if not group or getattr(stage.batch_size, modality) == 0:
             continue
-        datasets[modality] = build_dataset(group, job.data.decode, modality=modality, train=True,
-                                           seed=job.seed + 1000 * index)
-        rows[modality] = count_rows(group)
+        ds = build_dataset(group, job.data.decode, modality=modality, train=True, seed=job.seed + 1000 * index)
+        datasets[modality] = ds.select_columns(list(TRAIN_COLUMNS))  # `text` stays on the CPU side
+        rows[modality] = len(read_rows(group, modality, train=False, seed=0))
     return datasets, rows
 
 
@@ -181,11 +186,10 @@ def write_export(job: PretrainJob, run_dir: str) -> str:
     marker = storage.join(uri, "source.txt")
     if storage.exists(marker) and storage.read_text(marker) == ref.uri:
         return uri
-    task = build_task(job.model)
+    task = build_task(job.model, load_pretrained=False)
     task.load_state_dict(ck.load(ref)["task"])
-    with storage.staged_output(uri) as tmp:
-        save_export(task.model, job.model, tmp)
-        (tmp / "source.txt").write_text(ref.uri)
+    save_export(task.model, job.model, uri)
+    storage.write_text(marker, ref.uri)  # last: names the checkpoint this export was made from
     return uri
 
 
@@ -210,15 +214,15 @@ def train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.scaling.cpus_per_worker)))
 
-    torch.manual_seed(job.seed)  # identical initial weights on every rank
-    task = build_task(job.model)
     state, start_step, resumed_from = resume_state(run_dir, index, stage.name, config["init_from"])
+    torch.manual_seed(job.seed)  # identical initial weights on every rank
+    task = build_task(job.model, weights=stage.loss_weights, gather_fn=gather_fn(world),
+                      load_pretrained=state is None)
     if state is not None:
         task.load_state_dict(state["task"])
     task.to(device)
-    install_gather(task, world)
     model = ray.train.torch.prepare_model(
-        task, parallel_strategy_kwargs={"find_unused_parameters": True, "broadcast_buffers": False})
+        task, parallel_strategy_kwargs={"find_unused_parameters": True, "forward_sync_buffers": False})
     optimizer = build_optimizer(task, stage.optimizer)
     if state is not None and state.get("stage_index") == index:
         optimizer.load_state_dict(state["optimizer"])
@@ -244,8 +248,7 @@ def train_loop_per_worker(config: dict) -> dict:
             batches.append(batch)
             wait += waited
         stats = train_step(model, optimizer, batches, modality, grad_clip=stage.optimizer.grad_clip,
-                           device=device)
-        after_optimizer_step(task)
+                           device=device)  # the task moves its momentum encoders inside forward
         maybe_inject_failure(job, run_dir, stage.name, step, rank, world)
         record = make_record(stage.name, index, step + 1, total, modality, lr, stats, wait)
         last = record
@@ -289,18 +292,12 @@ def resume_state(run_dir: str, index: int, stage: str, init_from: str | None):
     return None, 0, None
 
 
-def install_gather(task, world: int) -> None:
-    """Give the contrastive loss the all-gather-with-gradient hook when there is more than one worker."""
-    if world > 1 and hasattr(task, "set_gather"):
-        from omnivl.losses.distributed import all_gather_with_grad
+def gather_fn(world: int):
+    """The contrastive loss's cross-worker hook: all-gather with gradient when there is more than one worker."""
+    from omnivl.losses import identity_gather
+    from omnivl.losses.distributed import all_gather_with_grad
 
-        task.set_gather(all_gather_with_grad)
-
-
-def after_optimizer_step(task) -> None:
-    hook = getattr(task, "after_optimizer_step", None)
-    if hook is not None:
-        hook()
+    return all_gather_with_grad if world > 1 else identity_gather
 
 
 def maybe_inject_failure(job: PretrainJob, run_dir: str, stage: str, step: int, rank: int, world: int) -> None:

@@ -1,0 +1,56 @@
+"""Zero-shot classification and paired-caption probes from embeddings (numpy only).
+
+    visual_NE: L2-normalized visual embeddings; class_CE: one embedding per class (prompt ensemble).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Sequence
+
+import numpy as np
+
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
+_DIRECTION = re.compile(r"\b(left|right|up|down)\b")
+
+
+def ensemble(prompt_embeddings_PE: np.ndarray) -> np.ndarray:
+    """Mean of a class's prompt embeddings, re-normalized (CLIP's prompt ensembling)."""
+    mean = prompt_embeddings_PE.mean(axis=0)
+    return mean / max(float(np.linalg.norm(mean)), 1e-12)
+
+
+def topk_accuracy(visual_NE: np.ndarray, class_CE: np.ndarray, truth_N: Sequence[int],
+                  ks: Sequence[int] = (1, 5)) -> dict[str, float]:
+    """Top-K accuracy (percent) of classifying each visual as its most similar class."""
+    scores_NC = visual_NE @ class_CE.T
+    order_NC = np.argsort(-scores_NC, axis=1)
+    truth_N = np.asarray(truth_N)
+    out = {}
+    for k in ks:
+        k_eff = min(k, class_CE.shape[0])
+        out[f"top{k}"] = float(100.0 * (order_NC[:, :k_eff] == truth_N[:, None]).any(axis=1).mean())
+    return out
+
+
+def confusion(visual_NE: np.ndarray, class_CE: np.ndarray, truth_N: Sequence[int]) -> np.ndarray:
+    """Counts [true class, predicted class]."""
+    pred = np.argmax(visual_NE @ class_CE.T, axis=1)
+    m = np.zeros((class_CE.shape[0],) * 2, dtype=np.int64)
+    for t, p in zip(truth_N, pred):
+        m[t, p] += 1
+    return m
+
+
+def swap_direction(caption: str) -> str | None:
+    """The caption with its motion direction reversed ('moving left' -> 'moving right'); None if it has none."""
+    if not _DIRECTION.search(caption):
+        return None
+    return _DIRECTION.sub(lambda m: OPPOSITE[m.group(1)], caption)
+
+
+def paired_choice_accuracy(visual_NE: np.ndarray, true_NE: np.ndarray, alt_NE: np.ndarray) -> float:
+    """Percent of items whose visual is more similar to its true caption than to the altered one (chance 50)."""
+    s_true = (visual_NE * true_NE).sum(axis=1)
+    s_alt = (visual_NE * alt_NE).sum(axis=1)
+    return float(100.0 * (s_true > s_alt).mean())
