@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from omnivl.models.config import ModelConfig
-from omnivl.models.omnivl import OmniVL, build_omnivl
 from omnivl.models.sizes import SIZES, resolve_arch
+
+if TYPE_CHECKING:  # torch is imported only when a model command runs: `omnivl validate` stays fast
+    import torch
+
+    from omnivl.models.omnivl import OmniVL
 
 
 def register(groups) -> None:
@@ -43,6 +47,10 @@ def component_counts(model: OmniVL) -> dict[str, int]:
 
 
 def cmd_params(args) -> int:
+    import torch
+
+    from omnivl.models.omnivl import build_omnivl
+
     sizes = list(SIZES) if args.size == "all" else [args.size]
     for size in sizes:
         with torch.device("meta"):  # shapes only: base builds instantly and allocates nothing

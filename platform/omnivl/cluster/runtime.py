@@ -44,6 +44,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, dashboa
         yield "the already-initialized Ray"
         return
     target = resolve_address(address)
+    saved_auth_mode = os.environ.get("RAY_AUTH_MODE")  # ray.init sets it for the process; don't leak it
     if target:
         ray.init(address=target, log_to_driver=True)
         where = f"Ray cluster at {target}"
@@ -55,3 +56,7 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, dashboa
         yield where
     finally:
         ray.shutdown()
+        if saved_auth_mode is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved_auth_mode

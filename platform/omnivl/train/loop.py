@@ -118,7 +118,7 @@ def train_step(
             (out.loss / n).backward()
         total += float(out.loss.detach()) / n
         for k, v in out.losses.items():
-            losses[k] = losses.get(k, 0.0) + float(v) / n
+            losses[k] = losses.get(k, 0.0) + float(v.detach()) / n
         metrics.update({k: float(v) for k, v in out.metrics.items()})
         samples += int(next(iter(batch.values())).shape[0])
     if grad_clip:
