@@ -28,16 +28,34 @@ class AutoscalingSpec(Config):
 
 
 class LimitsConfig(Config):
-    max_upload_bytes: int = Field(default=32 * 2**20, ge=1)
-    max_text_chars: int = Field(default=512, ge=1)
-    max_batch_items: int = Field(default=64, ge=1)
+    """Per-request bounds; a request beyond one gets a 4xx naming the limit (never a 500)."""
+
+    max_upload_bytes: int = Field(default=32 * 2**20, ge=1, description="whole request body (JSON or multipart)")
+    max_text_chars: int = Field(default=512, ge=1, description="any one text (caption, label, question, query)")
+    max_batch_items: int = Field(default=64, ge=1, description="texts + media of one request")
     max_new_tokens: int = Field(default=40, ge=1)
-    allowed_uri_prefixes: list[str] = Field(default_factory=list)
+    max_num_beams: int = Field(default=5, ge=1)
+    max_labels: int = Field(default=100, ge=2, description="candidate labels x templates of one /v1/classify")
+    max_top_k: int = Field(default=100, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1, description="width*height of an image or a video frame")
+    decode_timeout_s: float = Field(default=20.0, gt=0, description="one media item's decode; then 422 decode_timeout")
+    allowed_uri_prefixes: list[str] = Field(
+        default_factory=list, description="media URIs a request may name (local paths or s3://); empty: none"
+    )
 
 
 class AuthConfig(Config):
     api_key: str | None = Field(default=None, description="bearer token; prefer api_key_env in real deployments")
     api_key_env: str | None = Field(default="OMNIVL_API_KEY", description="env var holding the bearer token")
+
+
+class IngressConfig(Config):
+    """The HTTP ingress deployment: parses, authenticates and decodes media (off the model replicas)."""
+
+    num_replicas: int = Field(default=1, ge=1)
+    cpus: float = Field(default=0.5, gt=0)
+    max_ongoing_requests: int = Field(default=256, ge=1)
+    decode_threads: int = Field(default=2, ge=1, description="thread pool that decodes media in each ingress replica")
 
 
 class ServeAppConfig(Config):
@@ -53,6 +71,13 @@ class ServeAppConfig(Config):
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     gallery_manifest: str | None = Field(default=None, description="manifest indexed at startup for /v1/search")
+    gallery_modality: Literal["auto", "image", "video"] = Field(default="auto", description="auto: from file extensions")
+    gallery_max_items: int = Field(default=10_000, ge=1, description="index at most this many manifest rows")
+    ingress: IngressConfig = IngressConfig()
+    max_models_per_replica: int = Field(default=2, ge=1, description="multiplexing: checkpoints held per model replica")
+    tokenizer: str = Field(default="bundled:bert-base-uncased", description="the exports' WordPiece vocabulary")
+    text_max_length: int = Field(default=32, ge=4, description="tokens per text (longer texts are truncated)")
+    torch_threads: int | None = Field(default=None, ge=1, description="intra-op threads per model replica; None: cpus")
 
     @model_validator(mode="after")
     def _batches_can_fill(self):
@@ -62,3 +87,7 @@ class ServeAppConfig(Config):
                 f"({self.batching.max_batch_size}), or batches can never fill"
             )
         return self
+
+    @property
+    def default_model(self) -> str:
+        return next(iter(self.checkpoints))

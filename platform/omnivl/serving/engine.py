@@ -1,0 +1,171 @@
+"""The model side of serving: load a checkpoint (safetensors export, no pickle) and run batched calls.
+
+Legend: N items, E embedding dim, L text length, P prompt length.
+
+Each `run_*` function takes the calls of one dynamic batch (a list, one entry per HTTP request, each holding
+that request's items as numpy arrays), concatenates what can share a forward pass, runs the model once per
+group and returns one result per call, in order. The Ray Serve replica wraps them in `@serve.batch`; tests
+call them directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from omnivl.serving.media import Geometry
+
+
+@dataclass
+class LoadedModel:
+    model_id: str
+    uri: str
+    model: Any  # OmniVL
+    model_config: dict
+    arch: dict
+    device: str
+    gallery: Any = None  # omnivl.serving.gallery.GalleryIndex | None
+
+    @property
+    def geometry(self) -> Geometry:
+        return Geometry(self.arch["visual"]["image_size"], self.arch["visual"]["num_frames"])
+
+
+@dataclass(frozen=True)
+class VisualCall:
+    pixels: np.ndarray  # uint8 [N,3,S,S] or [N,T,3,S,S]
+    modality: str
+
+
+@dataclass(frozen=True)
+class TextCall:
+    ids: np.ndarray  # int64 [N, L]
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class MatchCall:
+    pixels: np.ndarray
+    modality: str
+    ids: np.ndarray
+    mask: np.ndarray
+
+
+@dataclass(frozen=True)
+class GenerateCall:
+    pixels: np.ndarray
+    modality: str
+    prompt_ids: np.ndarray | None  # int64 [N, P] right-padded with PAD (0), no [CLS]/[SEP]; None: no prompt
+    options: tuple = field(default=())  # sorted (name, value) pairs of DecodingOptions
+
+
+def pick_device(preference: str) -> str:
+    if preference == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if preference == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no GPU")
+    return preference
+
+
+def load_checkpoint(model_id: str, uri: str, device: str) -> LoadedModel:
+    """The export at `uri` in eval mode on `device`. Safetensors only (`load_export`): no pickle is executed.
+    Raises FileNotFoundError / RuntimeError from the loader."""
+    from omnivl.models.export import load_export, read_export_config
+
+    cfg, arch = read_export_config(uri)
+    model = load_export(uri, device)
+    return LoadedModel(model_id, uri, model, cfg.to_dict(), arch.to_dict(), device)
+
+
+def _groups(keys: list) -> dict[Any, list[int]]:
+    out: dict[Any, list[int]] = {}
+    for i, k in enumerate(keys):
+        out.setdefault(k, []).append(i)
+    return out
+
+
+def _split(rows: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    return np.split(rows, np.cumsum(sizes)[:-1]) if sizes else []
+
+
+def _t(a: np.ndarray, device: str) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+
+@torch.inference_mode()
+def run_visual(lm: LoadedModel, calls: list[VisualCall]) -> list[np.ndarray]:
+    """One float32 [N_i, E] per call: L2-normalized visual embeddings, one forward pass per modality."""
+    out: list[np.ndarray | None] = [None] * len(calls)
+    for modality, idx in _groups([c.modality for c in calls]).items():
+        pixels = np.concatenate([calls[i].pixels for i in idx])
+        emb = lm.model.encode_visual(_t(pixels, lm.device), modality).float().cpu().numpy()
+        for i, part in zip(idx, _split(emb, [len(calls[i].pixels) for i in idx])):
+            out[i] = part
+    return out
+
+
+@torch.inference_mode()
+def run_text(lm: LoadedModel, calls: list[TextCall]) -> list[np.ndarray]:
+    """One float32 [N_i, E] per call: L2-normalized text embeddings (all calls share L: the server's length)."""
+    ids = np.concatenate([c.ids for c in calls])
+    mask = np.concatenate([c.mask for c in calls])
+    emb = lm.model.encode_text(_t(ids, lm.device), _t(mask, lm.device)).float().cpu().numpy()
+    return _split(emb, [len(c.ids) for c in calls])
+
+
+@torch.inference_mode()
+def run_match(lm: LoadedModel, calls: list[MatchCall]) -> list[np.ndarray]:
+    """One float32 [N_i] per call: P(text matches media) from the alignment decoder's head."""
+    out: list[np.ndarray | None] = [None] * len(calls)
+    for modality, idx in _groups([c.modality for c in calls]).items():
+        cat = lambda name: _t(np.concatenate([getattr(calls[i], name) for i in idx]), lm.device)  # noqa: E731
+        prob = lm.model.match_prob(cat("pixels"), cat("ids"), cat("mask"), modality).float().cpu().numpy()
+        for i, part in zip(idx, _split(prob, [len(calls[i].ids) for i in idx])):
+            out[i] = part
+    return out
+
+
+@torch.inference_mode()
+def run_generate(lm: LoadedModel, calls: list[GenerateCall]) -> list[list[list[int]]]:
+    """One list of token-id lists per call (after the prompt, before [EOS]); calls sharing modality and
+    decoding options share one `generate` (prompts of different lengths are grouped inside it)."""
+    pad = lm.model.tokens.pad
+    out: list[list | None] = [None] * len(calls)
+    for (modality, options), idx in _groups([(c.modality, c.options) for c in calls]).items():
+        pixels = _t(np.concatenate([calls[i].pixels for i in idx]), lm.device)
+        prompts = _prompt_matrix([calls[i] for i in idx], pad)
+        new = lm.model.generate(pixels, modality, prompt_ids=None if prompts is None else _t(prompts, lm.device),
+                                **dict(options))
+        rows = [[t for t in r if t != pad] for r in new.cpu().tolist()]
+        start = 0
+        for i in idx:
+            n = len(calls[i].pixels)
+            out[i], start = rows[start:start + n], start + n
+    return out
+
+
+def _prompt_matrix(calls: list[GenerateCall], pad: int) -> np.ndarray | None:
+    """[N, P] right-padded prompts of all calls (rows without a prompt are all PAD), or None if none has one."""
+    if all(c.prompt_ids is None for c in calls):
+        return None
+    width = max(c.prompt_ids.shape[1] for c in calls if c.prompt_ids is not None)
+    parts = []
+    for c in calls:
+        block = np.full((len(c.pixels), width), pad, dtype=np.int64)
+        if c.prompt_ids is not None:
+            block[:, :c.prompt_ids.shape[1]] = c.prompt_ids
+        parts.append(block)
+    return np.concatenate(parts)
+
+
+def decoding_kwargs(method: str, max_new_tokens: int, num_beams: int, top_p: float) -> tuple:
+    """The hashable options key of a GenerateCall (only the options the method uses, so batches merge)."""
+    opts = {"method": method, "max_new_tokens": max_new_tokens}
+    if method == "beam":
+        opts["num_beams"] = num_beams
+    if method == "nucleus":
+        opts["top_p"] = top_p
+    return tuple(sorted(opts.items()))
