@@ -223,7 +223,8 @@ class OmniVLIngress:
         self.metrics = Metrics(RayExporter())
         self.api_key = resolve_api_key(cfg.auth)
         if self.api_key is None:
-            log.warning("serving WITHOUT auth: no auth.api_key and env var %s is unset", cfg.auth.api_key_env)
+            log.warning("serving WITHOUT auth: no auth.api_key%s", f" and env var {cfg.auth.api_key_env} is unset"
+                        if cfg.auth.api_key_env else "")
         models = {mid: model_summary(uri) for mid, uri in cfg.checkpoints.items()}
         self.frontend = Frontend(cfg, RayBackend(model), models)
 
@@ -282,3 +283,58 @@ def run_job(job) -> dict:
     finally:
         serve.delete(APP_NAME)
     return {"url": url, "served_s": round(time.monotonic() - started, 1)}
+
+
+# ---- benchmark ---------------------------------------------------------------------------------------------
+
+
+def bench_args(checkpoint: str, batching: bool, max_batch_size: int, wait_s: float, max_concurrency: int) -> dict:
+    """The app the benchmark deploys: one replica, one torch thread, no auth; only batching differs."""
+    return {"checkpoints": {"bench": checkpoint}, "device": "auto",
+            "batching": {"enabled": batching, "max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
+            "max_ongoing_requests": max(max_batch_size, 2 * max_concurrency), "torch_threads": 1,
+            "auth": {"api_key": None, "api_key_env": None}}
+
+
+def run_bench(checkpoint: str, bodies: dict[str, bytes], endpoint: str, requests: int, concurrencies: list[int],
+              max_batch_size: int = 16, wait_s: float = 0.01, warmup: int = 32, port: int = 0) -> dict:
+    """Throughput and p50/p99 at each concurrency with batching on, then off, on the current Ray (same run).
+    Deploys on 127.0.0.1 only and removes what it deployed. Returns {"rows": [...], "ratio_at": {c: on/off}}."""
+    from omnivl.serving.loadgen import run_load
+
+    port = port or _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    url = f"http://127.0.0.1:{port}/v1/{endpoint}"
+    headers = {"Content-Type": "application/json"}
+    rows = []
+    for batching in (True, False):
+        serve.run(build_app(bench_args(checkpoint, batching, max_batch_size, wait_s, max(concurrencies))),
+                  name="omnivl-bench", route_prefix="/")
+        try:
+            run_load(url, bodies[endpoint], headers, warmup, max(concurrencies))
+            for c in concurrencies:
+                res = run_load(url, bodies[endpoint], headers, requests, c)
+                rows.append({"batching": "on" if batching else "off", **res.summary()})
+                print(_row_text(rows[-1]), flush=True)
+        finally:
+            serve.delete("omnivl-bench")
+    ratio = {}
+    for c in concurrencies:
+        on, off = (next(r for r in rows if r["batching"] == b and r["concurrency"] == c) for b in ("on", "off"))
+        ratio[c] = round(on["throughput_rps"] / off["throughput_rps"], 2) if off["throughput_rps"] else None
+    return {"endpoint": endpoint, "requests_per_level": requests, "max_batch_size": max_batch_size, "rows": rows,
+            "throughput_ratio_on_off": ratio}
+
+
+def _row_text(r: dict) -> str:
+    return (f"batching={r['batching']:3} c={r['concurrency']:3} ok={r['ok']:5} 5xx={r['server_errors']} "
+            f"dropped={r['dropped']} {r['throughput_rps']:8.1f} req/s  p50={r['p50_ms']:7.1f} ms  "
+            f"p99={r['p99_ms']:7.1f} ms")
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
