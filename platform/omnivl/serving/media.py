@@ -54,9 +54,17 @@ def check_uri(uri: str, allowed_prefixes: list[str]) -> str:
         raise ServeError("uri_not_allowed", f"only local paths and s3:// URIs are read, got {uri[:80]!r}", "uri")
     else:
         normal = os.path.normpath(os.path.abspath(uri))
-    if ".." in uri.split("/") or not any(normal.startswith(p) for p in allowed_prefixes):
+    if ".." in uri.split("/") or not any(normal.startswith(_normal_prefix(p)) for p in allowed_prefixes):
         raise ServeError("uri_not_allowed", f"{uri[:200]!r} is not under an allowed prefix", "uri")
     return normal
+
+
+def _normal_prefix(prefix: str) -> str:
+    """Local prefixes compare as absolute paths (a relative one is taken from the server's working directory)."""
+    if prefix.startswith("s3://"):
+        return prefix
+    tail = "/" if prefix.endswith("/") else ""
+    return os.path.abspath(prefix) + tail
 
 
 def media_bytes(media: Media, uploads: dict[str, bytes], allowed_prefixes: list[str], max_bytes: int,

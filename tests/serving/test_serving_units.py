@@ -1,0 +1,332 @@
+"""The serving library without Ray: bodies, media, limits, auth, the batched model functions, the gallery, the
+frontend over an in-process backend, the config files and the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from omnivl.serving import engine
+from omnivl.serving.auth import check_bearer, resolve_api_key
+from omnivl.serving.body import parse_body, read_capped
+from omnivl.serving.config import AuthConfig, ServeAppConfig
+from omnivl.serving.errors import STATUS, ServeError
+from omnivl.serving.media import Geometry, check_uri, decode_media, media_bytes, sniff_modality
+from omnivl.serving.schemas import Media
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def kind_of(fn, *args, **kw) -> str:
+    with pytest.raises(ServeError) as exc:
+        fn(*args, **kw)
+    assert exc.value.message and exc.value.status == STATUS[exc.value.kind]
+    return exc.value.kind
+
+
+# ---- bodies --------------------------------------------------------------------------------------------------
+
+
+def _multipart(parts: list[tuple[str, bytes, str | None]]) -> tuple[str, bytes]:
+    out = b""
+    for name, data, filename in parts:
+        disp = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        out += f"--BND\r\nContent-Disposition: {disp}\r\n\r\n".encode() + data + b"\r\n"
+    return "multipart/form-data; boundary=BND", out + b"--BND--\r\n"
+
+
+def test_json_and_multipart_bodies():
+    assert parse_body("application/json; charset=utf-8", b'{"texts": ["a"]}') == ({"texts": ["a"]}, {})
+    ctype, body = _multipart([("request", b'{"labels": ["x", "y"]}', None), ("file", b"\xff\xd8\xffdata", "a.jpg")])
+    assert parse_body(ctype, body) == ({"labels": ["x", "y"]}, {"file": b"\xff\xd8\xffdata"})
+    ctype, body = _multipart([("file", b"abc", "a.jpg")])
+    assert parse_body(ctype, body) == ({}, {"file": b"abc"})
+
+
+@pytest.mark.parametrize("ctype,body,kind", [
+    ("text/plain", b"hi", "unsupported_content_type"),
+    (None, b"{}", "unsupported_content_type"),
+    ("application/json", b"{oops", "malformed_json"),
+    ("application/json", b"[1, 2]", "malformed_json"),
+    (*_multipart([("colour", b"red", None)]), "invalid_request"),
+    (*_multipart([("request", b"not json", None)]), "malformed_json"),
+])
+def test_bad_bodies(ctype, body, kind):
+    assert kind_of(parse_body, ctype, body) == kind
+
+
+def test_body_size_is_capped_by_header_and_by_bytes_read():
+    async def chunks(n):
+        for _ in range(n):
+            yield b"x" * 100
+
+    assert asyncio.run(read_capped(chunks(3), "300", 300)) == b"x" * 300
+    for declared, n in (("301", 0), (None, 4)):
+        with pytest.raises(ServeError) as exc:
+            asyncio.run(read_capped(chunks(n), declared, 300))
+        assert exc.value.kind == "payload_too_large" and exc.value.status == 413
+
+
+# ---- media ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jpeg() -> bytes:
+    from omnivl.data.config import SynthConfig
+    from omnivl.data.synth import make_item
+
+    return make_item("image_text", "train", 0, SynthConfig())[1]
+
+
+def test_sniff_modality(jpeg):
+    assert sniff_modality(jpeg) == "image"
+    assert sniff_modality(b"\x00\x00\x00\x20ftypisom") == "video"
+    assert sniff_modality(b"\x89PNG\r\n\x1a\n....") == "image"
+    assert sniff_modality(b"hello") is None
+
+
+def test_uri_prefixes(tmp_path):
+    allowed = [str(tmp_path / "media") + "/", "s3://bucket/media/"]
+    assert check_uri(str(tmp_path / "media" / "a.jpg"), allowed) == str(tmp_path / "media" / "a.jpg")
+    assert check_uri("s3://bucket/media/x/a.jpg", allowed) == "s3://bucket/media/x/a.jpg"
+    for uri in (str(tmp_path / "other.jpg"), str(tmp_path / "media" / ".." / "secret"), "s3://bucket/media/../k",
+                "s3://bucket/mediaX/a.jpg", "https://example.com/a.jpg", "file:///etc/passwd"):
+        assert kind_of(check_uri, uri, allowed) == "uri_not_allowed", uri
+    assert kind_of(check_uri, str(tmp_path / "media" / "a.jpg"), []) == "uri_not_allowed"
+
+
+def test_media_bytes_and_decoding(jpeg, tmp_path):
+    g = Geometry(image_size=32, num_frames=2)
+    data = media_bytes(Media(data_b64=base64.b64encode(jpeg).decode()), {}, [], 10**6, "m")
+    d = decode_media(data, None, g, 10**7, "m")
+    assert d.modality == "image" and d.pixels.shape == (3, 32, 32) and d.pixels.dtype == np.uint8
+    (tmp_path / "a.jpg").write_bytes(jpeg)
+    assert media_bytes(Media(uri=str(tmp_path / "a.jpg")), {}, [str(tmp_path) + "/"], 10**6, "m") == jpeg
+    assert kind_of(media_bytes, Media(data_b64="@@@"), {}, [], 10**6, "m") == "undecodable_media"
+    assert kind_of(media_bytes, Media(upload="f"), {"g": b"x"}, [], 10**6, "m") == "missing_media"
+    assert kind_of(media_bytes, Media(upload="f"), {"f": jpeg}, [], 10, "m") == "payload_too_large"
+    assert kind_of(media_bytes, Media(uri=str(tmp_path / "no.jpg")), {}, [str(tmp_path)], 10**6, "m") == \
+        "media_unreadable"
+    for bad, modality in ((jpeg[: len(jpeg) // 3], None), (b"garbage" * 10, None), (jpeg, "video")):
+        assert kind_of(decode_media, bad, modality, g, 10**7, "m") == "undecodable_media"
+    assert kind_of(decode_media, jpeg, None, g, 100, "m") == "undecodable_media"  # over max pixels
+
+
+def test_media_needs_exactly_one_source():
+    with pytest.raises(ValueError):
+        Media()
+    with pytest.raises(ValueError):
+        Media(data_b64="eA==", uri="/x")
+
+
+# ---- auth ----------------------------------------------------------------------------------------------------
+
+
+def test_api_key_from_spec_or_env():
+    assert resolve_api_key(AuthConfig(api_key="k", api_key_env="E"), {"E": "e"}) == "k"
+    assert resolve_api_key(AuthConfig(api_key_env="E"), {"E": "e"}) == "e"
+    assert resolve_api_key(AuthConfig(api_key_env="E"), {}) is None
+    assert resolve_api_key(AuthConfig(api_key_env=None), {"OMNIVL_API_KEY": "x"}) is None
+
+
+def test_bearer_check():
+    check_bearer(None, None)  # auth off
+    check_bearer("Bearer s3cret", "s3cret")
+    check_bearer("bearer s3cret", "s3cret")
+    for header in (None, "", "Bearer", "Bearer wrong", "Basic s3cret", "s3cret"):
+        assert kind_of(check_bearer, header, "s3cret") == "unauthorized"
+
+
+# ---- config --------------------------------------------------------------------------------------------------
+
+
+def test_batches_must_be_able_to_fill():
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        ServeAppConfig(checkpoints={"a": "x"}, max_ongoing_requests=4, batching={"max_batch_size": 8})
+    ServeAppConfig(checkpoints={"a": "x"}, max_ongoing_requests=4, batching={"enabled": False, "max_batch_size": 8})
+    assert ServeAppConfig(checkpoints={"b": "x", "a": "y"}).default_model == "b"
+
+
+def _serve_apps(doc: dict) -> list[dict]:
+    return [{k: v for k, v in app.items()} for app in doc["applications"]]
+
+
+def test_rayservice_embeds_a_valid_serve_config_equal_to_serve_omnivl_yaml():
+    from ray.serve.schema import ServeDeploySchema
+
+    svc = yaml.safe_load((ROOT / "infra" / "kuberay" / "rayservice.yaml").read_text())
+    assert svc["kind"] == "RayService" and svc["apiVersion"] == "ray.io/v1"
+    embedded = yaml.safe_load(svc["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(embedded)
+    for app in embedded["applications"]:
+        ServeAppConfig.model_validate(app["args"])
+    shipped = yaml.safe_load((ROOT / "serve" / "omnivl.yaml").read_text())
+    assert _serve_apps(embedded) == _serve_apps(shipped)
+    env_var = embedded["applications"][0]["args"]["auth"]["api_key_env"]
+    cluster = svc["spec"]["rayClusterConfig"]
+    pods = [cluster["headGroupSpec"]] + cluster["workerGroupSpecs"]
+    for pod in pods:
+        envs = pod["template"]["spec"]["containers"][0]["env"]
+        assert any(e["name"] == env_var and "secretKeyRef" in e["valueFrom"] for e in envs)
+
+
+# ---- model side ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lm(checkpoints) -> engine.LoadedModel:
+    torch.set_num_threads(1)
+    return engine.load_checkpoint("a", checkpoints["a"], "cpu")
+
+
+def _pixels(n: int, t: int | None = None, seed: int = 0) -> np.ndarray:
+    shape = (n, 3, 64, 64) if t is None else (n, t, 3, 64, 64)
+    return np.random.default_rng(seed).integers(0, 255, shape, dtype=np.uint8)
+
+
+def test_a_batch_of_calls_equals_the_calls_run_alone(lm):
+    calls = [engine.VisualCall(_pixels(2, seed=1), "image"), engine.VisualCall(_pixels(1, 4, seed=2), "video"),
+             engine.VisualCall(_pixels(1, seed=3), "image")]
+    together = engine.run_visual(lm, calls)
+    for call, got in zip(calls, together):
+        np.testing.assert_allclose(got, engine.run_visual(lm, [call])[0], atol=1e-5)
+    assert [g.shape for g in together] == [(2, 64), (1, 64), (1, 64)]
+
+    ids = np.array([[101, 2000, 102, 0], [101, 3000, 4000, 102]])
+    mask = (ids > 0).astype(np.int64)
+    m = engine.run_match(lm, [engine.MatchCall(_pixels(1, seed=1), "image", ids[:1], mask[:1]),
+                              engine.MatchCall(_pixels(1, seed=2), "image", ids[1:], mask[1:])])
+    alone = engine.run_match(lm, [engine.MatchCall(_pixels(1, seed=2), "image", ids[1:], mask[1:])])
+    np.testing.assert_allclose(m[1], alone[0], atol=1e-5)
+
+
+def test_generation_batches_mix_prompts_and_no_prompts(lm):
+    opts = engine.decoding_kwargs("greedy", 5, 3, 0.9)
+    calls = [engine.GenerateCall(_pixels(1, seed=1), "image", None, opts),
+             engine.GenerateCall(_pixels(1, seed=2), "image", np.array([[2054, 3609]]), opts),
+             engine.GenerateCall(_pixels(1, seed=3), "image", np.array([[2054]]), opts)]
+    together = engine.run_generate(lm, calls)
+    for call, got in zip(calls, together):
+        assert got == engine.run_generate(lm, [call])[0]
+    assert engine.decoding_kwargs("beam", 5, 2, 0.5) == (("max_new_tokens", 5), ("method", "beam"), ("num_beams", 2))
+
+
+def test_gallery_search_and_bad_rows(lm, corpus, tmp_path):
+    from omnivl.serving.gallery import build_gallery
+
+    rows = (corpus / "image_text" / "train.jsonl").read_text().splitlines()[:6]
+    (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff not really")
+    rows = [json.dumps({**json.loads(r), "path": str(corpus / "image_text" / json.loads(r)["path"])}) for r in rows]
+    rows.insert(2, json.dumps({"path": str(tmp_path / "bad.jpg"), "text": "broken"}))
+    (tmp_path / "g.jsonl").write_text("\n".join(rows) + "\n")
+    embed = lambda px, mod: engine.run_visual(lm, [engine.VisualCall(px, mod)])[0]  # noqa: E731
+    g = build_gallery(embed, str(tmp_path / "g.jsonl"), "auto", 64, 4, 100, "bundled:bert-base-uncased", 10**7)
+    assert len(g) == 6 and sum(g.skipped.values()) == 1 and 2 not in [it.index for it in g.items]
+    own = embed(_gallery_pixels(g.items[3].uri), "image")[0]
+    (score, item), *_ = g.search(own, 3)
+    assert item.index == g.items[3].index and score > 0.999
+    assert len(g.search(own, 100)) == 6
+
+
+def _gallery_pixels(uri: str) -> np.ndarray:
+    from omnivl.data.image import decode_image, eval_image
+
+    return eval_image(decode_image(Path(uri).read_bytes(), draft_size=64)[0], 64)[None]
+
+
+# ---- frontend over an in-process backend ----------------------------------------------------------------------
+
+
+class LocalBackend:
+    def __init__(self, lm):
+        self.lm = lm
+
+    async def visual(self, model_id, call):
+        return engine.run_visual(self.lm, [call])[0]
+
+    async def text(self, model_id, call):
+        return engine.run_text(self.lm, [call])[0]
+
+    async def match(self, model_id, call):
+        return engine.run_match(self.lm, [call])[0]
+
+    async def generate(self, model_id, call):
+        return engine.run_generate(self.lm, [call])[0]
+
+    async def search(self, model_id, query, k):
+        return []
+
+    async def stats(self):
+        return {}
+
+
+@pytest.fixture(scope="module")
+def frontend(lm, checkpoints):
+    from omnivl.serving.frontend import Frontend, model_summary
+
+    cfg = ServeAppConfig(checkpoints={"a": checkpoints["a"]}, limits={"max_new_tokens": 4, "max_labels": 6})
+    return Frontend(cfg, LocalBackend(lm), {"a": model_summary(checkpoints["a"])})
+
+
+def test_frontend_requests(frontend, jpeg):
+    run = lambda ep, body, up=None, hdr=None: asyncio.run(frontend.handle(ep, body, up or {}, hdr))  # noqa: E731
+    out, model = run("classify", {"labels": ["circle", "square"]}, {"file": jpeg})
+    assert model == "a" and {x["label"] for x in out["labels"]} == {"circle", "square"}
+    out, _ = run("caption", {}, {"file": jpeg})  # default max_new_tokens (20) lowered to the server's 4
+    assert isinstance(out["caption"], str) and len(out["caption"].split()) <= 4
+    out, _ = run("embed", {"texts": ["a", "b"]})
+    assert np.asarray(out["text_embeddings"]).shape == (2, 64) and out["media_embeddings"] == []
+    for endpoint, body, uploads, hdr, kind in [
+        ("search", {"text": "x"}, None, None, "search_unavailable"),
+        ("caption", {"decoding": {"max_new_tokens": 5}}, {"file": jpeg}, None, "out_of_range"),
+        ("classify", {"labels": list("abcdefg")}, {"file": jpeg}, None, "too_many_items"),
+        ("caption", {}, {"f1": jpeg, "f2": jpeg}, None, "missing_media"),
+        ("embed", {}, None, None, "missing_media"),
+        ("embed", {"texts": ["x"]}, None, "b", "unknown_checkpoint"),
+        ("match", {"pairs": [{"text": "x"}]}, None, None, "missing_media"),
+    ]:
+        with pytest.raises(ServeError) as exc:
+            run(endpoint, body, uploads, hdr)
+        assert exc.value.kind == kind, (endpoint, body, exc.value)
+
+
+def test_openapi_schema_builds_offline():
+    from omnivl.serving.http import build_api
+
+    spec = build_api(None).openapi()
+    assert {f"/v1/{n}" for n in ("embed", "match", "classify", "caption", "answer", "search")} <= set(spec["paths"])
+    assert "Media" in spec["components"]["schemas"] and "ErrorResponse" in spec["components"]["schemas"]
+
+
+# ---- CLI -----------------------------------------------------------------------------------------------------
+
+
+def _parser():
+    import argparse
+
+    from omnivl.cli import _group, serve_cmds
+
+    parser = argparse.ArgumentParser(prog="omnivl")
+    top = parser.add_subparsers(dest="command", required=True)
+    serve_cmds.register({"top": top, "bench": _group(top, "bench", "benchmarks")})
+    return parser
+
+
+def test_cli_parses_and_loads_serve_specs_and_serve_config_files():
+    from omnivl.cli.serve_cmds import cmd_bench, cmd_serve, load_serve_job
+
+    p = _parser()
+    args = p.parse_args(["serve", "jobs/serve_tiny.yaml", "--set", "port=9001", "--address", "ray://x:10001"])
+    assert args.func is cmd_serve and args.overrides == ["port=9001"]
+    assert p.parse_args(["bench", "serve", "--requests", "10", "--concurrency", "1,16"]).func is cmd_bench
+    job = load_serve_job(str(ROOT / "jobs" / "serve_tiny.yaml"), ["port=9001"])
+    assert job.port == 9001 and job.app.default_model == "tiny"
+    job = load_serve_job(str(ROOT / "serve" / "local-dev.yaml"), ["app.batching.max_batch_size=8"])
+    assert job.host == "127.0.0.1" and job.port == 8000 and job.app.batching.max_batch_size == 8
