@@ -270,12 +270,18 @@ def deploy(job, name: str = APP_NAME) -> str:
 
 
 def run_job(job) -> dict:
-    """Runner of the `serve` job kind: deploy, print the URL, block until Ctrl-C, then remove the app."""
-    url = deploy(job)
-    print(f"serving {', '.join(job.app.checkpoints)} at {url}  (OpenAPI: {url}/docs, health: {url}/healthz); "
-          f"Ctrl-C to stop", flush=True)
-    started = time.monotonic()
+    """Runner of the `serve` job kind: deploy, print the URL, block until Ctrl-C (or SIGTERM, as a container
+    stop sends), then remove the app."""
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
+    started, url = time.monotonic(), None
     try:
+        url = deploy(job)
+        print(f"serving {', '.join(job.app.checkpoints)} at {url}  (OpenAPI: {url}/docs, health: {url}/healthz); "
+              f"Ctrl-C to stop", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -283,6 +289,10 @@ def run_job(job) -> dict:
     finally:
         serve.delete(APP_NAME)
     return {"url": url, "served_s": round(time.monotonic() - started, 1)}
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 # ---- benchmark ---------------------------------------------------------------------------------------------
