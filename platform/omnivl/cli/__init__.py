@@ -9,7 +9,7 @@ from omnivl.spec.errors import SpecError
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from omnivl.cli import data_cmds, jobs_cmds, model_cmds, run_cmds, spec_cmds, train_cmds
+    from omnivl.cli import data_cmds, jobs_cmds, model_cmds, run_cmds, serve_cmds, spec_cmds, train_cmds
 
     parser = argparse.ArgumentParser(prog="omnivl", description="Pretrain, evaluate and serve OmniVL on Ray.")
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
         "model": _group(top, "model", "model sizes and parameter counts"),
         "bench": _group(top, "bench", "benchmarks (same-run ratios against a baseline)"),
     }
-    for module in (spec_cmds, run_cmds, jobs_cmds, data_cmds, model_cmds, train_cmds):
+    for module in (spec_cmds, run_cmds, jobs_cmds, serve_cmds, data_cmds, model_cmds, train_cmds):
         module.register(groups)
     return parser
 
