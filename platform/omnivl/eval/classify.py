@@ -49,6 +49,11 @@ def swap_direction(caption: str) -> str | None:
     return _DIRECTION.sub(lambda m: OPPOSITE[m.group(1)], caption)
 
 
+def direction_of(caption: str) -> str | None:
+    m = _DIRECTION.search(caption)
+    return m.group(1) if m else None
+
+
 def paired_choice_accuracy(visual_NE: np.ndarray, true_NE: np.ndarray, alt_NE: np.ndarray) -> float:
     """Percent of items whose visual is more similar to its true caption than to the altered one (chance 50)."""
     s_true = (visual_NE * true_NE).sum(axis=1)
