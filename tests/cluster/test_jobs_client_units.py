@@ -6,23 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import yaml
 
-from omnivl.cli import main
+from cli_helpers import cli, write_spec
 from omnivl.cluster import jobs_client as jc
 from rayhead import free_port
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def write_spec(path: Path, spec: dict) -> Path:
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def synth_spec(output: Path) -> dict:

@@ -14,9 +14,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import yaml
 
-from omnivl.cli import main
+from cli_helpers import cli, write_spec
 from omnivl.cluster import jobs_client as jc
 from rayhead import CLIENT_ENV_VARS, mentioning
 
@@ -30,18 +29,6 @@ def authed(ray_head, clean_client_env, monkeypatch):
     """The test cluster's address, with its token in RAY_AUTH_TOKEN (and nothing else in the env)."""
     monkeypatch.setenv("RAY_AUTH_TOKEN", ray_head.token)
     return ray_head.address
-
-
-def cli(capsys, *argv: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def write_spec(path: Path, spec: dict) -> Path:
-    path.write_text(yaml.safe_dump(spec))
-    return path
 
 
 def synth_spec(output: Path) -> dict:

@@ -106,7 +106,20 @@ def run_stage(job: PretrainJob, index: int, run_dir: str) -> dict:
     out["seconds"] = round(time.monotonic() - start, 1)
     out["curves"] = plot_stage(run_dir, stage.name)
     out["status"] = "ran"
+    out["bad_input"] = stage_bad_input(job)
     return out
+
+
+def stage_bad_input(job: PretrainJob) -> dict:
+    """Skipped/repaired media of this run so far, by reason; raises BadInputError (naming the worst files) if
+    the skipped fraction is over `data.decode.max_bad_fraction`."""
+    from omnivl.cluster.data_pipeline import enforce_bad_input_threshold
+
+    report = enforce_bad_input_threshold(job.data.decode.max_bad_fraction)
+    if report.get("rows_skipped"):
+        print(f"bad input: skipped {report['rows_skipped']} of {report['rows_seen']} rows "
+              f"({report['skipped_by_reason']})", flush=True)
+    return report
 
 
 def scaling_config(job: PretrainJob):
