@@ -23,6 +23,11 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith("s3://")
 
 
+def absolute(uri: str) -> str:
+    """`uri` made independent of the current directory (Ray workers do not share the driver's cwd)."""
+    return uri if is_s3(uri) else os.path.abspath(uri)
+
+
 def join(base: str, *parts: str) -> str:
     """Join path parts the same way for local paths and URIs."""
     if is_s3(base):

@@ -32,7 +32,7 @@ class Embedded:
 
 
 def run_job(job: EvaluateJob) -> dict:
-    export = resolve_export(job.checkpoint)
+    export = resolve_export(storage.absolute(job.checkpoint))
     check_model_matches(job, export)
     out_uri = job.output or storage.join("runs", job.name)
     metrics = {"checkpoint": export, "sources": {}}

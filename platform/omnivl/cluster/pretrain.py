@@ -41,7 +41,7 @@ METRICS_FILE = "metrics.jsonl"
 
 def run_job(job: PretrainJob) -> dict:
     """Run every stage not finished yet, then write the inference export. Returns a summary."""
-    run_dir = job.output or storage.join("runs", job.name)
+    run_dir = storage.absolute(job.output or storage.join("runs", job.name))
     print(f"pretrain {job.name!r}: run directory {run_dir}", flush=True)
     stages = {}
     for index in range(len(job.stages)):

@@ -60,7 +60,7 @@ def plan(pipeline: PipelineJob) -> list[StepPlan]:
         inputs = sorted(find_refs(step.job))
         h = step_hash(job, {n: hashes[n] for n in inputs})
         hashes[step.name] = h
-        output = storage.join(pipeline.output_root, f"{step.name}-{h}")
+        output = storage.join(storage.absolute(pipeline.output_root), f"{step.name}-{h}")
         done = storage.exists(storage.join(output, MARKER))
         plans.append(StepPlan(i, step.name, h, output, inputs, step.job, done))
     return plans
