@@ -16,7 +16,7 @@ from omnivl.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[2]
 
-pytestmark = [pytest.mark.ray, pytest.mark.slow]
+pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_two_stage_pretraining_learns(ray_local, tmp_path_factory):
