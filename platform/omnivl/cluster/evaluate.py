@@ -183,7 +183,7 @@ def retrieval(src: SourceConfig, decode: DecodeConfig, export: str, emb: Embedde
         for k in ("R@1", "R@5", "R@10"):
             gallery = len(items) if direction == "text_to_visual" else len(text_to_item)
             table[f"{label} {k}"] = (res[direction][k], chance_recall(gallery, 1, int(k[2:])))
-    probe = direction_probe(emb, decode, export, src)
+    probe = direction_probe(emb, decode, export, src) if src.modality == "video" else None
     if probe is not None:
         table["direction probe: full caption, true vs reversed (%)"] = (probe["caption"], 50.0)
         table["direction probe: motion only, true vs reversed (%)"] = (probe["motion"], 50.0)
