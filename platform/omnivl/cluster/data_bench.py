@@ -19,7 +19,7 @@ import numpy as np
 
 from omnivl.data.config import ActorPoolConfig, DecodeConfig, SourceConfig
 from omnivl.data.decode import RowDecoder
-from omnivl.data.manifest import read_manifest, rows_to_table
+from omnivl.data.manifest import read_manifest, row_batches
 from omnivl.data.synth import COLOURS, SHAPES, draw_shape, encode_h264
 from omnivl.data.video import decode_clip
 
@@ -106,9 +106,7 @@ def _manifest(path: Path, files: list[str]) -> None:
 # --- the three ways to run the same functions -------------------------------------------------------------
 
 def _batches(source: SourceConfig, batch_size: int) -> list[dict]:
-    table = rows_to_table(read_manifest(source))
-    return [{k: np.asarray(v, dtype=object) for k, v in table.slice(s, batch_size).to_pydict().items()}
-            for s in range(0, table.num_rows, batch_size)]
+    return list(row_batches(read_manifest(source), batch_size))
 
 
 def _timed(batches_iter, cores: int, started: float) -> Rate:

@@ -8,6 +8,7 @@ label sources get zero-shot classification with a prompt ensemble. Results go to
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,16 +117,12 @@ def embed_with_ray(src: SourceConfig, decode: DecodeConfig, export: str, batch_s
 def embed_locally(src: SourceConfig, decode: DecodeConfig, export: str, batch_size: int = 32) -> Embedded:
     """The same embeddings in this process, without Ray (the reference for the Ray path)."""
     from omnivl.data.decode import RowDecoder
-    from omnivl.data.manifest import read_manifest, rows_to_table
-    from omnivl.models.export import load_export
+    from omnivl.data.manifest import read_manifest, row_batches
 
-    model = load_export(export)
+    model = driver_model(export)
     decoder = RowDecoder([src], decode, src.modality, train=False)
-    table = rows_to_table(read_manifest(src))
     batches = []
-    for i in range(0, table.num_rows, batch_size):
-        cols = {k: np.asarray(v, dtype=object if v.type == "string" else None)
-                for k, v in table.slice(i, batch_size).to_pydict().items()}
+    for cols in row_batches(read_manifest(src), batch_size):
         decoded, _ = decoder(cols)
         if len(decoded["label_id"]):
             batches.append(embed_batch(model, decoded, src.modality))
@@ -140,13 +137,27 @@ def collect(batches) -> Embedded:
     )
 
 
-@torch.no_grad()
-def embed_texts(export: str, decode: DecodeConfig, texts: list[str]) -> np.ndarray:
-    from omnivl.data.text import load_tokenizer, tokenize
+@functools.lru_cache(maxsize=2)
+def driver_model(export: str):
+    """The export loaded once in the driver (prompt and probe texts are embedded here, several times per source)."""
     from omnivl.models.export import load_export
 
-    model = load_export(export)
-    ids, mask = tokenize(load_tokenizer(decode.tokenizer), texts, decode.text_max_length)
+    return load_export(export)
+
+
+@functools.lru_cache(maxsize=2)
+def driver_tokenizer(name: str):
+    from omnivl.data.text import load_tokenizer
+
+    return load_tokenizer(name)
+
+
+@torch.no_grad()
+def embed_texts(export: str, decode: DecodeConfig, texts: list[str]) -> np.ndarray:
+    from omnivl.data.text import tokenize
+
+    model = driver_model(export)
+    ids, mask = tokenize(driver_tokenizer(decode.tokenizer), texts, decode.text_max_length)
     return model.encode_text(torch.as_tensor(ids), torch.as_tensor(mask)).numpy()
 
 

@@ -36,7 +36,7 @@ def predecoded_batches(cfg: TrainBenchConfig, corpus: Path) -> dict[str, dict[st
     """One image batch and one video batch decoded once from the corpus (the loop reuses them)."""
     from omnivl.data.config import DecodeConfig
     from omnivl.data.decode import RowDecoder
-    from omnivl.data.manifest import read_manifest, rows_to_table
+    from omnivl.data.manifest import read_manifest, row_batches
     from omnivl.data.synth import corpus_sources
 
     decode = DecodeConfig(image_size=cfg.image_size, num_frames=cfg.num_frames, text_max_length=24)
@@ -45,8 +45,7 @@ def predecoded_batches(cfg: TrainBenchConfig, corpus: Path) -> dict[str, dict[st
         if src.kind != "text":
             continue
         n = cfg.image_batch if src.modality == "image" else cfg.video_batch
-        table = rows_to_table(read_manifest(src)[:n])
-        cols = {k: np.asarray(v, dtype=object if isinstance(v[0], str) else None) for k, v in table.to_pydict().items()}
+        cols = next(row_batches(read_manifest(src)[:n], n))
         decoded, _ = RowDecoder([src], decode, src.modality, train=True)(cols)
         out[src.modality] = {k: torch.from_numpy(decoded[k]) for k in ("pixels", "input_ids", "attention_mask", "label_id")}
     return out

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 from omnivl.data.badinput import BadInputLedger
 from omnivl.data.config import DecodeConfig, SourceConfig
 from omnivl.data.decode import RowDecoder
-from omnivl.data.manifest import IMAGE_EXTS, read_manifest, rows_to_table
+from omnivl.data.manifest import IMAGE_EXTS, read_manifest, row_batches
 
 CAPTION_H = 14
 BATCH = 16
@@ -35,10 +35,8 @@ def decode_source(source: SourceConfig, decode: DecodeConfig, limit: int | None 
     decoder = RowDecoder([source], decode, source.modality, train=False)
     ledger, parts = BadInputLedger(), []
     chosen = rows[:limit] if limit else rows
-    table = rows_to_table(chosen)
-    for start in range(0, len(chosen), BATCH):
-        cols = table.slice(start, BATCH).to_pydict()
-        out, delta = decoder({k: np.asarray(v, dtype=object) for k, v in cols.items()})
+    for cols in row_batches(chosen, BATCH):
+        out, delta = decoder(cols)
         ledger.merge(delta)
         parts.append(out)
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}

@@ -19,6 +19,7 @@ import posixpath
 import tarfile
 from dataclasses import asdict, dataclass
 
+import numpy as np
 import pyarrow as pa
 
 from omnivl import storage
@@ -81,6 +82,13 @@ def read_manifest(source: SourceConfig) -> list[ManifestRow]:
 
 def rows_to_table(rows: list[ManifestRow]) -> pa.Table:
     return pa.Table.from_pylist([asdict(r) for r in rows], schema=ROW_SCHEMA)
+
+
+def row_batches(rows: list[ManifestRow], batch_size: int):
+    """Rows as the column batches `RowDecoder` takes (what Ray Data hands it), `batch_size` rows at a time."""
+    table = rows_to_table(rows)
+    for start in range(0, table.num_rows, batch_size):
+        yield {k: np.asarray(v, dtype=object) for k, v in table.slice(start, batch_size).to_pydict().items()}
 
 
 def _parent(uri: str) -> str:
