@@ -31,14 +31,15 @@ def check_batch(out, n, modality):
     assert out["input_ids"].shape == out["attention_mask"].shape == (n, 16)
     assert out["input_ids"].dtype == np.int64 and (out["input_ids"][:, 0] == 101).all()
     assert out["label_id"].dtype == np.int64 and len(out["text"]) == n
+    assert out["prompt_len"].dtype == np.int64 and out["prompt_len"].shape == (n,)
 
 
 @pytest.mark.parametrize("dataset,fmt", [
     ("image_text", "jsonl"), ("image_text", "csv"), ("image_text", "parquet"), ("image_text", "webdataset"),
-    ("video_label", "jsonl"), ("video_label", "webdataset"),
+    ("video_label", "jsonl"), ("video_label", "webdataset"), ("image_qa", "jsonl"), ("video_qa", "jsonl"),
 ])
 def test_each_format_local(ray_local, small_corpus, dataset, fmt, request):
-    manifest = write_formats(small_corpus, dataset)[fmt]
+    manifest = str(small_corpus / dataset / "train.jsonl") if fmt == "jsonl" else write_formats(small_corpus, dataset)[fmt]
     modality, kind = dataset.split("_")
     src = SourceConfig(name=dataset, manifest=manifest, modality=modality, kind=kind)
     n = len((small_corpus / dataset / "train.jsonl").read_text().splitlines())
@@ -47,6 +48,10 @@ def test_each_format_local(ray_local, small_corpus, dataset, fmt, request):
     check_batch(out, n, modality)
     report = dp.enforce_bad_input_threshold(0.0, ledger=ledger)
     assert report["rows_seen"] == n and report["rows_skipped"] == 0
+    if kind == "qa":  # the prompt is "[CLS] question: ... answer:", so at least 5 tokens
+        assert (out["prompt_len"] >= 5).all() and all(t.startswith("question: ") for t in out["text"])
+    else:
+        assert (out["prompt_len"] == 1).all()
     if kind == "label":
         classes = {t.rstrip(".").split()[-1] for t in out["text"]}  # the direction names the class
         assert len(set(out["label_id"])) == len(classes)  # same class, same id

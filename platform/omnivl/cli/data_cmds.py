@@ -15,9 +15,15 @@ def _synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the synthetic corpus (images, H.264 videos, manifests, splits)")
     p.add_argument("--out", required=True, help="output directory (local or s3://); replaced if it exists")
     p.add_argument("--seed", type=int, default=0)
-    for name in ("image-text", "image-label", "video-text", "video-label", "image-size", "video-frames", "fps"):
+    for name in ("image-text", "image-label", "video-text", "video-label", "image-qa", "video-qa", "image-size", "video-frames", "fps"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the SynthConfig default")
     p.set_defaults(func=run_synth)
+
+
+def _guess_kind(rows) -> str:
+    if any(r.question for r in rows):
+        return "qa"
+    return "label" if rows and not any(r.text for r in rows) and any(r.label for r in rows) else "text"
 
 
 def run_synth(args) -> int:
@@ -37,7 +43,8 @@ def _inspect(sub) -> None:
     p = sub.add_parser("inspect", help="row counts, a PNG contact sheet and the bad-file report of a source")
     p.add_argument("source", help="manifest (JSONL/CSV/Parquet, or .tar shards / glob), local or s3://")
     p.add_argument("--modality", choices=["image", "video"], default=None, help="default: from the file extensions")
-    p.add_argument("--kind", choices=["text", "label"], default=None, help="default: label if rows have no text")
+    p.add_argument("--kind", choices=["text", "label", "qa"], default=None,
+                   help="default: qa if rows have questions, else label if rows have no text")
     p.add_argument("--format", default="auto", choices=["auto", "jsonl", "csv", "parquet", "webdataset"])
     p.add_argument("--out", default="contact_sheet.png", help="PNG contact sheet path")
     p.add_argument("--samples", type=int, default=8)
@@ -56,7 +63,7 @@ def run_inspect(args) -> int:
     probe = SourceConfig(name="inspect", manifest=args.source, format=args.format, modality="image")
     rows = read_manifest(probe)
     modality = args.modality or guess_modality(rows)
-    kind = args.kind or ("label" if rows and not any(r.text for r in rows) and any(r.label for r in rows) else "text")
+    kind = args.kind or _guess_kind(rows)
     source = probe.model_copy(update={"modality": modality, "kind": kind})
     decode = DecodeConfig(image_size=args.image_size, num_frames=args.frames, max_bad_fraction=args.max_bad_fraction)
     summary = inspect(source, decode, args.out, args.samples, args.limit)

@@ -129,7 +129,8 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
                   seed: int = 0, label_selector: dict | None = None, epoch: int = 0,
                   ledger: str = DEFAULT_LEDGER) -> "ray.data.Dataset":
     """A streaming Dataset of decoded `modality` rows of `sources` (others are ignored): columns
-    pixels uint8 [3,S,S] | [T,3,S,S], input_ids int64 [L], attention_mask int64 [L], label_id int64, text str.
+    pixels uint8 [3,S,S] | [T,3,S,S], input_ids int64 [L], attention_mask int64 [L], label_id int64,
+    prompt_len int64 (see `omnivl.data.decode`), text str.
 
     `label_selector`: decode actors go to nodes with these labels (default {"pool": "cpu-decode"}; pass {}
     for anywhere), applied only if the cluster has such a node. `seed`/`epoch` fix row order (training) and

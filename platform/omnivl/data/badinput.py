@@ -25,6 +25,7 @@ READ_ERROR = "read_error"
 CAPTION_EMPTY = "caption_empty"
 CAPTION_NOT_UTF8 = "caption_not_utf8"
 LABEL_EMPTY = "label_empty"
+QA_EMPTY = "qa_empty"  # a qa row without a question or an answer
 MANIFEST_ROW_INVALID = "manifest_row_invalid"
 
 # Things REPAIRED on the way (the row is kept); counted so a run can show what it had to fix.

@@ -23,7 +23,9 @@ class SourceConfig(Config):
     manifest: str = Field(min_length=1, description="local path, glob of .tar shards, or s3:// URI")
     format: Literal["auto", "jsonl", "csv", "parquet", "webdataset"] = "auto"
     modality: Literal["image", "video"]
-    kind: Literal["text", "label"] = "text"
+    kind: Literal["text", "label", "qa"] = Field(
+        default="text", description="text: captions; label: class names (through `templates`); "
+        "qa: question/answer pairs (text `question: {q} answer: {a}`)")
     templates: list[str] | None = Field(
         default=None, description="prompt templates for label data; '{}' is replaced by the class name"
     )
@@ -103,5 +105,9 @@ class SynthConfig(Config):
     image_label: int = Field(default=300, ge=0)
     video_text: int = Field(default=300, ge=0)
     video_label: int = Field(default=200, ge=0)
+    image_qa: int = Field(default=600, ge=0, description="image question/answer pairs (colour, shape, size, "
+                          "position, count); media reused from image_text of the same split, count images drawn")
+    video_qa: int = Field(default=300, ge=0, description="video question/answer pairs (colour, shape, motion "
+                          "direction); media reused from video_text of the same split")
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
     test_fraction: float = Field(default=0.15, ge=0, lt=1)

@@ -5,8 +5,16 @@ Output batch (N = rows kept):
   pixels          uint8 [N, 3, S, S] (image) or [N, T, 3, S, S] (video), not normalized
   input_ids       int64 [N, L]  ([CLS]=101 first, padded with 0)
   attention_mask  int64 [N, L]
-  label_id        int64 [N]     (stable hash of "label:<class>" for label data, "<source>:<row>" for pairs)
-  text            str   [N]     (what was tokenized)
+  label_id        int64 [N]     (stable hash of "label:<class>" for label data, "<source>:<row>" for pairs
+                                 and QA rows)
+  prompt_len      int64 [N]     leading tokens of input_ids that are prompt, not target: the LM loss must
+                                 ignore every target at a position < prompt_len. With `CaptionLoss` (position
+                                 j-1 predicts token j) that means tokens 0..prompt_len-1 are never predicted.
+                                 Captions and labels: 1 (only [CLS], which is never a target anyway).
+                                 QA rows: the tokens of `[CLS] question: {q} answer:` (capped at L), so only
+                                 the answer and its [SEP]/[EOS] are trained on; `input_ids[1:prompt_len]` is
+                                 the generation prompt (`OmniVL.generate(prompt_ids=...)`).
+  text            str   [N]     (what was tokenized; QA rows: `text.qa_text(q, a)` = "question: {q} answer: {a}")
 Bad rows are dropped from the output and recorded in the ledger that comes back with it.
 """
 
@@ -25,7 +33,7 @@ from omnivl.data import video as vid_ops
 from omnivl.data.config import DecodeConfig, SourceConfig
 from omnivl.data.manifest import IMAGE_EXTS, VIDEO_EXTS, WHOLE_FILE, read_media
 
-OUTPUT_COLUMNS = ("pixels", "input_ids", "attention_mask", "label_id", "text")
+OUTPUT_COLUMNS = ("pixels", "input_ids", "attention_mask", "label_id", "prompt_len", "text")
 
 
 @dataclass
@@ -33,6 +41,7 @@ class Sample:
     pixels: np.ndarray
     text: str
     label_id: int
+    prompt: str = ""  # the part of `text` that is not a target (QA: `qa_prompt(q)`); "" for captions/labels
 
 
 class Watchdog:
@@ -94,11 +103,24 @@ class RowDecoder:
         """One row -> Sample. Raises BadInput for anything that must be skipped."""
         source = self.sources[row["source"]]
         flip = self.train and self.cfg.hflip and rng.random() < 0.5
-        text, label_id = self._text(source, row, rng, flip, ledger, where)
+        if source.kind == "qa":
+            prompt, text, label_id = self._qa_text(row, flip)
+        else:
+            prompt, (text, label_id) = "", self._text(source, row, rng, flip, ledger, where)
         check_extension(row["uri"], row["offset"], self.modality)
         data = read_media(row["uri"], row["offset"], row["size"])
         pixels = self.watchdog.call(self._pixels, data, rng, flip, ledger, where)
-        return Sample(pixels, text, label_id)
+        return Sample(pixels, text, label_id, prompt)
+
+    def _qa_text(self, row: dict, flip: bool) -> tuple[str, str, int]:
+        """(prompt, full text, label id) of a QA row; a flip swaps left/right in question and answer."""
+        question, answer = " ".join(row.get("question", "").split()), " ".join(row.get("answer", "").split())
+        if not question or not answer:
+            raise bad.BadInput(bad.QA_EMPTY, "no question" if not question else "no answer")
+        if flip:
+            question, answer = text_ops.swap_left_right(question), text_ops.swap_left_right(answer)
+        return (text_ops.qa_prompt(question), text_ops.qa_text(question, answer),
+                text_ops.label_id_for_pair(row["source"], int(row["row_index"])))
 
     def _text(self, source: SourceConfig, row: dict, rng, flip: bool, ledger, where: str) -> tuple[str, int]:
         if source.kind == "label":
@@ -135,13 +157,19 @@ class RowDecoder:
         return img_ops.eval_image(rgb, size)
 
     def _collate(self, samples: list[Sample]) -> dict[str, np.ndarray]:
-        ids, mask = text_ops.tokenize(self.tokenizer, [s.text for s in samples], self.cfg.text_max_length) \
-            if samples else (np.zeros((0, self.cfg.text_max_length), np.int64),) * 2
+        L = self.cfg.text_max_length
+        ids, mask = text_ops.tokenize(self.tokenizer, [s.text for s in samples], L) \
+            if samples else (np.zeros((0, L), np.int64),) * 2
+        prompt_len = np.ones(len(samples), dtype=np.int64)
+        qa = [i for i, s in enumerate(samples) if s.prompt]
+        if qa:
+            prompt_len[qa] = text_ops.prompt_lengths(self.tokenizer, [samples[i].prompt for i in qa], L)
         return {
             "pixels": np.stack([s.pixels for s in samples]) if samples else np.zeros((0, *self.pixel_shape()), np.uint8),
             "input_ids": ids,
             "attention_mask": mask,
             "label_id": np.asarray([s.label_id for s in samples], dtype=np.int64),
+            "prompt_len": prompt_len,
             "text": np.asarray([s.text for s in samples], dtype=object),
         }
 

@@ -1,7 +1,7 @@
 """Manifests: JSONL, CSV, Parquet and WebDataset tar shards, local or s3://, turned into uniform rows.
 
 A row is where the media bytes are (`uri`, and for a tar member its `offset`/`size`), its caption and/or
-class name, and `row_error`: a bad-input reason found while reading the manifest itself (a line that is
+class name (or, for QA data, its `question` and `answer`), and `row_error`: a bad-input reason found while reading the manifest itself (a line that is
 not JSON, a caption that is not UTF-8). Such rows are kept, not dropped, so the decode step counts them
 with everything else in one ledger.
 
@@ -15,6 +15,7 @@ import csv
 import fnmatch
 import io
 import json
+import os
 import posixpath
 import tarfile
 from dataclasses import asdict, dataclass
@@ -41,6 +42,8 @@ class ManifestRow:
     text: str = ""
     label: str = ""
     row_error: str = ""
+    question: str = ""
+    answer: str = ""
 
     @property
     def where(self) -> str:
@@ -51,6 +54,7 @@ class ManifestRow:
 ROW_SCHEMA = pa.schema([
     ("source", pa.string()), ("row_index", pa.int64()), ("uri", pa.string()), ("offset", pa.int64()),
     ("size", pa.int64()), ("text", pa.string()), ("label", pa.string()), ("row_error", pa.string()),
+    ("question", pa.string()), ("answer", pa.string()),
 ])
 
 
@@ -96,20 +100,26 @@ def _parent(uri: str) -> str:
 
 
 def resolve(base: str, path: str) -> str:
-    """A manifest's `path` value as a full URI: s3:// and absolute paths as they are, others under `base`."""
+    """A manifest's `path` value as a full URI: s3:// and absolute paths as they are, others under `base`
+    with `..` resolved (S3 keys have no parent directories: `../image_text/x.jpg` must become a real key)."""
     if storage.is_s3(path) or path.startswith("/"):
         return path
-    return storage.join(base, path)
+    joined = storage.join(base, path)
+    if ".." not in path.replace("\\", "/").split("/"):
+        return joined
+    if storage.is_s3(joined):
+        return "s3://" + posixpath.normpath(joined[len("s3://"):])
+    return os.path.normpath(joined)
 
 
 def _record_to_row(source: str, rec: dict | None, base: str, where: str, err: str) -> ManifestRow:
     if rec is None or not isinstance(rec.get("path"), str) or not rec.get("path"):
         return ManifestRow(source, 0, where, row_error=err or bad.MANIFEST_ROW_INVALID)
-    text, label = _field(rec.get("text")), _field(rec.get("label"))
-    if not _is_utf8(text) or not _is_utf8(label):
+    fields = {k: _field(rec.get(k)) for k in ("text", "label", "question", "answer")}
+    if not all(_is_utf8(v) for v in fields.values()):
         err = err or bad.CAPTION_NOT_UTF8
-        text, label = _scrub(text), _scrub(label)
-    return ManifestRow(source, 0, resolve(base, rec["path"]), text=text, label=label, row_error=err)
+        fields = {k: _scrub(v) for k, v in fields.items()}
+    return ManifestRow(source, 0, resolve(base, rec["path"]), row_error=err, **fields)
 
 
 def _field(value) -> str:
@@ -213,6 +223,7 @@ def _attach_text(row: ManifestRow, ext: str, data: bytes) -> None:
     if ext == "json":
         try:
             rec = json.loads(value)
+            row.question, row.answer = _field(rec.get("question")), _field(rec.get("answer"))
             value = _field(rec.get("text") or rec.get("caption") or "")
             ext = "txt"
         except (ValueError, AttributeError):

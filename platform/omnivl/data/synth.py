@@ -5,6 +5,8 @@ Layout under OUT (local or s3://):
   image_label/  {train,val,test}.jsonl  rows {path, label (= shape), ...}
   video_text/   {train,val,test}.jsonl  rows {path, text, colour, shape, direction, held_out}
   video_label/  {train,val,test}.jsonl  rows {path, label (= "moving <direction>"), ...}
+  image_qa/     {train,val,test}.jsonl  rows {path, question, answer, qtype, colour, shape, ..., held_out}
+  video_qa/     {train,val,test}.jsonl  rows {path, question, answer, qtype, colour, shape, direction, held_out}
   <dataset>/media/<split>_<index>.jpg|.mp4     (`path` in the manifests is relative to the manifest)
   corpus.json   counts, vocabularies, held-out combinations, config
 
@@ -12,6 +14,11 @@ It is learnable by construction: every caption is a function of what is drawn (c
 position for images; colour, shape and motion direction for videos, so "moving left" and "moving right"
 differ only in motion). Some combinations never occur in train and appear only in val/test (`held_out`).
 Everything is a function of the seed: the same seed gives the same files.
+
+QA pairs ask about colour, shape, size, position and count (images) and colour, shape and motion direction
+(videos), with one- or two-word answers ("red", "circle", "top left", "2", "left"). They reuse the media of
+image_text/video_text *of the same split* (path `../image_text/media/...`), so test QA media were never seen in
+training; count questions get their own images of 1-3 identical shapes (image_qa/media/).
 """
 
 from __future__ import annotations
@@ -42,7 +49,12 @@ DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 # (colour, shape) pairs never seen in training images; one per shape, so every shape and colour is still seen.
 HELD_OUT_IMAGE = {("red", "triangle"), ("green", "circle"), ("blue", "diamond"), ("yellow", "square")}
 DATASETS = ("image_text", "image_label", "video_text", "video_label")
+QA_DATASETS = ("image_qa", "video_qa")
+ALL_DATASETS = DATASETS + QA_DATASETS
 SPLITS = ("train", "val", "test")
+IMAGE_QTYPES = ("colour", "shape", "size", "position", "count")
+VIDEO_QTYPES = ("colour", "shape", "direction")
+COUNTS = (1, 2, 3)
 
 
 def held_out_video(colour: str, shape: str, direction: str) -> bool:
@@ -193,6 +205,108 @@ def make_item(dataset: str, split: str, index: int, cfg: SynthConfig) -> tuple[d
     return row, data, ext
 
 
+# --- Question answering -----------------------------------------------------------------------------------
+
+def position_answer(position: str) -> str:
+    """'in the top left' -> 'top left'; 'in the center' -> 'center'."""
+    return position.removeprefix("in the ")
+
+
+def qa_pair(scene: Scene, qtype: str, count: int = 1) -> tuple[str, str]:
+    """(question, answer) about `scene`; answers are single words or 'top left'-style pairs."""
+    if qtype == "colour":
+        return f"what colour is the {scene.shape}?", scene.colour
+    if qtype == "shape":
+        return ("what shape is moving?" if scene.direction else "what shape is shown?"), scene.shape
+    if qtype == "size":
+        return f"what size is the {scene.colour} {scene.shape}?", scene.size
+    if qtype == "position":
+        return f"where is the {scene.colour} {scene.shape}?", position_answer(scene.position)
+    if qtype == "direction":
+        return f"which way is the {scene.colour} {scene.shape} moving?", scene.direction
+    if qtype == "count":
+        return f"how many {scene.shape}s are there?", str(count)
+    raise ValueError(f"unknown question type {qtype!r}")
+
+
+def qa_answer_vocab(modality: str) -> list[str]:
+    """Every answer a QA dataset of `modality` can have (the report's chance level per question type)."""
+    if modality == "video":
+        return sorted({*COLOURS, *SHAPES, *DIRECTIONS})
+    return sorted({*COLOURS, *SHAPES, *SIZES, *(position_answer(p) for p in POSITIONS), *map(str, COUNTS)})
+
+
+def render_count_image(scene: Scene, count: int, size: int, rng: np.random.Generator) -> Image.Image:
+    """`count` identical small shapes at distinct positions (smaller than 'small' so neighbours never touch)."""
+    img = background(size, rng)
+    spots = rng.choice(len(POSITIONS), size=count, replace=False)
+    for k in spots:
+        px, py = list(POSITIONS.values())[int(k)]
+        jitter = rng.uniform(-0.02, 0.02, 2)
+        draw_shape(img, scene.shape, (px + jitter[0]) * size, (py + jitter[1]) * size, 0.18 * size,
+                   COLOURS[scene.colour])
+    return img
+
+
+def _scene_of(row: dict) -> Scene:
+    return Scene(colour=row["colour"], shape=row["shape"], size=row.get("size", "small"),
+                 position=row.get("position", "in the center"), direction=row.get("direction", ""))
+
+
+def make_qa_item(dataset: str, split: str, index: int, cfg: SynthConfig,
+                 media_rows: list[dict]) -> tuple[dict, bytes | None, str]:
+    """(manifest row, media bytes or None, extension) of one QA pair. `media_rows` are the rows (with `path`
+    relative to this dataset's directory) of the same split of the dataset whose media are reused; a count
+    question, or an empty `media_rows`, draws its own media. Pure function of (seed, dataset, split, index)."""
+    rng = np.random.default_rng([cfg.seed, ALL_DATASETS.index(dataset), SPLITS.index(split), index])
+    video = dataset.startswith("video")
+    qtypes = VIDEO_QTYPES if video else IMAGE_QTYPES
+    qtype = qtypes[index % len(qtypes)]  # balanced question types
+    count, data, ext, path = 1, None, "mp4" if video else "jpg", ""
+    if qtype == "count":
+        scene = sample_scene(rng, False, split)
+        count = int(rng.choice(COUNTS))
+        data = encode_jpeg(render_count_image(scene, count, cfg.image_size, rng))
+    elif media_rows:
+        src = media_rows[int(rng.integers(len(media_rows)))]
+        scene, path = _scene_of(src), src["path"]
+    else:
+        own, data, ext = make_item("video_text" if video else "image_text", split, index, cfg)
+        scene = _scene_of(own)
+    question, answer = qa_pair(scene, qtype, count)
+    row = {"path": path, "question": question, "answer": answer, "qtype": qtype,
+           "colour": scene.colour, "shape": scene.shape, "held_out": scene.held_out}
+    if video:
+        row["direction"] = scene.direction
+    elif qtype == "count":
+        row["count"] = count  # the drawn shapes are all "small"-ish and spread over several positions
+    else:
+        row.update(size=scene.size, position=scene.position)
+    return row, data, ext
+
+
+def write_qa_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dict[str, int]:
+    """Write one QA dataset's manifests (and its own media) under root/dataset; returns rows per split.
+    Must run after the caption dataset it reuses media from has been written under `root`."""
+    counts = split_counts(total, cfg)
+    reused = dataset.replace("_qa", "_text")
+    (root / dataset / "media").mkdir(parents=True, exist_ok=True)
+    for split, n in counts.items():
+        manifest = root / reused / f"{split}.jsonl"
+        media_rows = [json.loads(line) for line in manifest.read_text().splitlines()] if manifest.exists() else []
+        for r in media_rows:
+            r["path"] = f"../{reused}/{r['path']}"
+        lines = []
+        for i in range(n):
+            row, data, ext = make_qa_item(dataset, split, i, cfg, media_rows)
+            if data is not None:
+                row["path"] = f"media/{split}_{i:05d}.{ext}"
+                (root / dataset / row["path"]).write_bytes(data)
+            lines.append(json.dumps(row))
+        (root / dataset / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
+    return counts
+
+
 # --- Writing ----------------------------------------------------------------------------------------------
 
 def write_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dict[str, int]:
@@ -216,11 +330,13 @@ def corpus_summary(cfg: SynthConfig, counts: dict[str, dict[str, int]], seconds:
         "seed": cfg.seed,
         "config": cfg.to_dict(),
         "datasets": {
-            d: {"modality": d.split("_")[0], "kind": d.split("_")[1], "splits": counts[d]} for d in DATASETS
+            d: {"modality": d.split("_")[0], "kind": d.split("_")[1], "splits": counts[d]} for d in ALL_DATASETS
         },
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
         "positions": list(POSITIONS), "directions": list(DIRECTIONS),
         "classes": {"image_label": list(SHAPES), "video_label": [f"moving {d}" for d in DIRECTIONS]},
+        "qa": {"image_qa": {"qtypes": list(IMAGE_QTYPES), "answers": qa_answer_vocab("image")},
+               "video_qa": {"qtypes": list(VIDEO_QTYPES), "answers": qa_answer_vocab("video")}},
         "templates": DEFAULT_TEMPLATES,
         "held_out": {
             "image_text": sorted(" ".join(p) for p in HELD_OUT_IMAGE),
@@ -238,15 +354,17 @@ def generate(cfg: SynthConfig, out: str) -> dict:
               "video_text": cfg.video_text, "video_label": cfg.video_label}
     with storage.staged_output(out) as root:
         counts = {d: write_dataset(root, d, totals[d], cfg) for d in DATASETS}
+        counts["image_qa"] = write_qa_dataset(root, "image_qa", cfg.image_qa, cfg)
+        counts["video_qa"] = write_qa_dataset(root, "video_qa", cfg.video_qa, cfg)
         summary = corpus_summary(cfg, counts, time.perf_counter() - start)
         (root / "corpus.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-def corpus_sources(root: str, split: str = "train") -> list[SourceConfig]:
-    """SourceConfigs for the four datasets of a corpus at `root` (names like "image_text")."""
+def corpus_sources(root: str, split: str = "train", datasets: tuple[str, ...] = ALL_DATASETS) -> list[SourceConfig]:
+    """SourceConfigs for the datasets of a corpus at `root` (names like "image_text", kinds text/label/qa)."""
     return [SourceConfig(name=d, manifest=storage.join(root, d, f"{split}.jsonl"), modality=d.split("_")[0],
-                         kind=d.split("_")[1]) for d in DATASETS]
+                         kind=d.split("_")[1]) for d in datasets]
 
 
 def run_job(job) -> dict:

@@ -70,6 +70,28 @@ def label_text(class_name: str, templates: list[str], train: bool, rng: np.rando
     return template.format(class_name)
 
 
+def qa_prompt(question: str) -> str:
+    """The prompt the generation decoder answers: the single definition of the QA text format, used by the
+    data plane (training text), evaluation and serving (generation prompt)."""
+    return f"question: {question} answer:"
+
+
+def qa_text(question: str, answer: str) -> str:
+    """The full training text of a QA pair: `question: {q} answer: {a}`."""
+    return f"{qa_prompt(question)} {answer}"
+
+
+def prompt_lengths(tokenizer, prompts: list[str], max_length: int) -> np.ndarray:
+    """int64 [N]: tokens of `[CLS] prompt` (the leading tokens the LM loss must not train on), at most
+    `max_length`. An empty prompt gives 1 (just [CLS], which is never a target). WordPiece splits on
+    whitespace and punctuation first, so the tokens of `prompt + " " + answer` start with those of `prompt`."""
+    if not prompts:
+        return np.zeros(0, dtype=np.int64)
+    enc = tokenizer(list(prompts), add_special_tokens=False, return_attention_mask=False,
+                    return_token_type_ids=False)
+    return np.asarray([min(1 + len(ids), max_length) for ids in enc["input_ids"]], dtype=np.int64)
+
+
 def swap_left_right(text: str) -> str:
     """'left' <-> 'right' (keeping case), so a horizontally flipped image or clip keeps a true caption."""
     def swap(m: re.Match) -> str:
