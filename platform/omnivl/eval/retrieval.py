@@ -6,9 +6,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
+
+# match_fn(query_index_P, gallery_index_P) -> match score_P (higher = better), for P (query, item) pairs
+MatchFn = Callable[[np.ndarray, np.ndarray], np.ndarray]
 
 
 def ranks(sim_QG: np.ndarray, truth: Sequence[set[int]]) -> np.ndarray:
@@ -60,3 +63,43 @@ def bidirectional(sim_VT: np.ndarray, text_to_visual: Sequence[int]) -> dict[str
         "visual_to_text": recall_metrics(ranks(sim_VT, captions_of)),
         "text_to_visual": recall_metrics(ranks(sim_VT.T, [{v} for v in text_to_visual])),
     }
+
+
+def top_k_candidates(sim_QG: np.ndarray, k: int) -> np.ndarray:
+    """int [Q, min(k, G)]: each query's k most similar gallery columns, best first (stable on ties)."""
+    k = min(k, sim_QG.shape[1])
+    return np.argsort(-np.asarray(sim_QG, dtype=np.float64), axis=1, kind="stable")[:, :k]
+
+
+def rerank_scores(sim_QG: np.ndarray, candidates_QK: np.ndarray, match_QK: np.ndarray) -> np.ndarray:
+    """Scores whose ranking puts each query's candidates first, ordered by their match scores, and every other
+    item after them in contrastive order (BLIP's re-ranking of the top-k with the matching head)."""
+    sim = np.asarray(sim_QG, dtype=np.float64)
+    out = sim - sim.max() - 1.0  # every non-candidate below...
+    match = np.asarray(match_QK, dtype=np.float64)
+    lift = match - match.min() + 1.0  # ...every candidate (candidates > 0 > non-candidates)
+    np.put_along_axis(out, np.asarray(candidates_QK), lift, axis=1)
+    return out
+
+
+def rerank(sim_QG: np.ndarray, k: int, match_fn: MatchFn) -> np.ndarray:
+    """Re-ranked scores [Q, G]: top-k by `sim_QG`, re-scored by `match_fn` on the (query, item) pairs."""
+    cand_QK = top_k_candidates(sim_QG, k)
+    q_idx = np.repeat(np.arange(cand_QK.shape[0]), cand_QK.shape[1])
+    scores = np.asarray(match_fn(q_idx, cand_QK.reshape(-1)), dtype=np.float64)
+    if scores.shape != q_idx.shape:
+        raise ValueError(f"match_fn returned {scores.shape} scores for {q_idx.shape[0]} pairs")
+    return rerank_scores(sim_QG, cand_QK, scores.reshape(cand_QK.shape))
+
+
+def items_and_captions(item_keys: Sequence[str]) -> tuple[list[int], list[int]]:
+    """For caption rows naming their item (e.g. its media file): (the first row of each distinct item, in
+    order of appearance; the item index of every row). Several captions of one item become one gallery item."""
+    first: dict[str, int] = {}
+    reps, text_to_item = [], []
+    for n, key in enumerate(item_keys):
+        if key not in first:
+            first[key] = len(reps)
+            reps.append(n)
+        text_to_item.append(first[key])
+    return reps, text_to_item
