@@ -9,6 +9,7 @@ from omnivl.spec.jobs import JobSpec
 RUNNERS = {
     "synth": "omnivl.data.synth:run_job",
     "pretrain": "omnivl.cluster.pretrain:run_job",
+    "finetune": "omnivl.cluster.finetune:run_job",
     "evaluate": "omnivl.cluster.evaluate:run_job",
     "serve": "omnivl.cluster.serve_app:run_job",
     "pipeline": "omnivl.pipeline.run:run_job",

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr
 
 from omnivl.data.config import DecodeConfig, SourceConfig, SynthConfig
-from omnivl.eval.config import EvalConfig
+from omnivl.eval.config import EvalConfig, source_issues
 from omnivl.models.config import ModelConfig
 from omnivl.pipeline.refs import find_refs
 from omnivl.serving.config import ServeAppConfig
@@ -46,9 +46,9 @@ class SynthJob(JobSpec):
     corpus: SynthConfig = SynthConfig()
 
 
-@JOBS.register("pretrain")
-class PretrainJob(JobSpec):
-    kind: Literal["pretrain"] = "pretrain"
+class TrainingJob(JobSpec):
+    """What every Ray Train job kind has: the model, its data, stages run in order, workers, checkpoints."""
+
     seed: int = 0
     model: ModelConfig = ModelConfig()
     data: DataSpec
@@ -57,16 +57,16 @@ class PretrainJob(JobSpec):
     checkpoint: CheckpointSpec = CheckpointSpec()
     failure: FailureSpec = FailureSpec()
 
+    def loss_weights(self, index: int) -> dict[str, float]:
+        """The objective weights of stage `index` (a job kind may switch objectives off)."""
+        return self.stages[index].loss_weights.to_dict()
+
     def semantic_issues(self) -> list[SpecIssue]:
         issues = _duplicate_names("stages", [s.name for s in self.stages])
         issues += _duplicate_names("data.sources", [s.name for s in self.data.sources])
         by_name = {s.name: s for s in self.data.sources}
         for i, stage in enumerate(self.stages):
-            for j, src in enumerate(stage.sources):
-                if src not in by_name:
-                    issues.append(
-                        SpecIssue(f"stages[{i}].sources[{j}]", f"unknown source {src!r}; defined: {', '.join(by_name)}")
-                    )
+            issues += _unknown_sources(f"stages[{i}].sources", stage.sources, by_name)
             modalities = {by_name[s].modality for s in stage.sources if s in by_name}
             for modality in ("image", "video"):
                 bs = getattr(stage.batch_size, modality)
@@ -81,6 +81,64 @@ class PretrainJob(JobSpec):
         return issues
 
 
+@JOBS.register("pretrain")
+class PretrainJob(TrainingJob):
+    kind: Literal["pretrain"] = "pretrain"
+
+
+FinetuneTask = Literal["retrieval", "captioning", "qa"]
+# Objectives each fine-tuning task trains (the others get weight 0 whatever the stage says): retrieval is
+# contrastive + matching with hard negatives, captioning and QA are language modelling (QA on the answer only).
+TASK_OBJECTIVES: dict[str, tuple[str, ...]] = {"retrieval": ("vlc", "vlm"), "captioning": ("lm",), "qa": ("lm",)}
+# The source kinds each task can train on.
+TASK_SOURCE_KINDS: dict[str, tuple[str, ...]] = {"retrieval": ("text", "label"), "captioning": ("text",),
+                                                 "qa": ("qa",)}
+
+
+class HeldOutEval(EvalConfig):
+    """Evaluation of the fine-tuned export at the end of the job, on `sources` (names in `data.sources` that
+    no stage trains on); the other fields are the `evaluate` job's `eval` block."""
+
+    sources: list[str] = Field(min_length=1, description="held-out entries of data.sources")
+
+
+@JOBS.register("finetune")
+class FinetuneJob(TrainingJob):
+    """Fine-tune a pretraining export for one task, then (optionally) evaluate it on held-out sources."""
+
+    kind: Literal["finetune"] = "finetune"
+    init: str = Field(min_length=1, description="pretraining export directory or run directory (local or s3://)")
+    task: FinetuneTask
+    eval: HeldOutEval | None = None
+
+    def loss_weights(self, index: int) -> dict[str, float]:
+        weights = super().loss_weights(index)
+        return {k: (v if k in TASK_OBJECTIVES[self.task] else 0.0) for k, v in weights.items()}
+
+    def semantic_issues(self) -> list[SpecIssue]:
+        issues = super().semantic_issues()
+        by_name = {s.name: s for s in self.data.sources}
+        allowed = TASK_SOURCE_KINDS[self.task]
+        trained: dict[str, int] = {}
+        for i, stage in enumerate(self.stages):
+            for j, name in enumerate(stage.sources):
+                trained.setdefault(name, i)
+                kind = by_name[name].kind if name in by_name else None
+                if kind is not None and kind not in allowed:
+                    issues.append(SpecIssue(f"stages[{i}].sources[{j}]", f"task {self.task} trains on "
+                                            f"{' or '.join(allowed)} sources; {name!r} is a {kind} source"))
+            if not any(w > 0 for w in self.loss_weights(i).values()):
+                issues.append(SpecIssue(f"stages[{i}].loss_weights", f"every objective of task {self.task} "
+                                        f"({', '.join(TASK_OBJECTIVES[self.task])}) has weight 0"))
+        if self.eval is not None:
+            issues += _unknown_sources("eval.sources", self.eval.sources, by_name)
+            for j, name in enumerate(self.eval.sources):
+                if name in trained:
+                    issues.append(SpecIssue(f"eval.sources[{j}]", f"{name!r} is trained on by "
+                                            f"stages[{trained[name]}]; evaluation needs held-out data"))
+        return issues
+
+
 @JOBS.register("evaluate")
 class EvaluateJob(JobSpec):
     kind: Literal["evaluate"] = "evaluate"
@@ -88,6 +146,10 @@ class EvaluateJob(JobSpec):
     model: ModelConfig = ModelConfig()
     data: DataSpec
     eval: EvalConfig = EvalConfig()
+
+    def semantic_issues(self) -> list[SpecIssue]:
+        issues = _duplicate_names("data.sources", [s.name for s in self.data.sources])
+        return issues + source_issues(self.eval, self.data.sources)
 
 
 @JOBS.register("serve")
@@ -133,6 +195,11 @@ class PipelineJob(JobSpec):
                     ))
             earlier.append(step.name)
         return issues
+
+
+def _unknown_sources(path: str, names: list[str], by_name: dict) -> list[SpecIssue]:
+    return [SpecIssue(f"{path}[{j}]", f"unknown source {n!r}; defined: {', '.join(by_name)}")
+            for j, n in enumerate(names) if n not in by_name]
 
 
 def _duplicate_names(path: str, names: list[str]) -> list[SpecIssue]:

@@ -4,7 +4,8 @@ Legend: B batch, E embed dim, S visual tokens, L text length.
 
 Batch contract (one modality per batch, from the data plane): `pixels` uint8 `[B,3,H,W]` (image) or
 `[B,T,3,H,W]` (video), `input_ids` int64 `[B,L]` starting with [CLS] and padded with 0, `attention_mask` int64
-`[B,L]`, `label_id` int64 `[B]` (same id = same class; caption pairs have unique ids).
+`[B,L]`, `label_id` int64 `[B]` (same id = same class; caption pairs have unique ids). Optional:
+`prompt_len` int64 `[B]`, the number of leading tokens the LM loss does not train on (a QA question).
 
 The task's `state_dict()` holds everything a resume needs from the model side: online and momentum weights,
 the temperature, the queues with their pointers and fill counts.
@@ -108,6 +109,13 @@ class PretrainTask(nn.Module):
         return "shared" if self.share_queues else modality
 
     @torch.no_grad()
+    def start_from(self, model_state: Mapping[str, torch.Tensor]) -> None:
+        """Load online model weights (a pretraining export, for fine-tuning); the momentum encoders start as
+        copies of them and the queues stay empty. Raises RuntimeError if the tensors do not fit the model."""
+        self.model.load_state_dict(model_state)
+        self.momentum_encoders.update(self.model, momentum=0.0)
+
+    @torch.no_grad()
     def momentum_update(self) -> None:
         self.momentum_encoders.update(self.model, self.momentum)
 
@@ -117,10 +125,22 @@ class PretrainTask(nn.Module):
 
     def forward(self, batch: Mapping[str, torch.Tensor], modality: Modality) -> TaskOutput:
         pixels, ids_BL, mask_BL, labels_B = self._read(batch, modality)
-        if self.training and self.momentum_in_forward:
-            self.momentum_update()
         x = self.model.normalize_pixels(pixels, modality)
         vis = self.model.visual(x)
+        if self.loss_weights["vlc"] == 0 and self.loss_weights["vlm"] == 0:
+            # language modelling only (captioning, QA fine-tuning): no embeddings, momentum step or queue
+            zero = vis.tokens_BSD.new_zeros(())
+            losses, metrics = {"vlc": zero, "vlm": zero}, {}
+        else:
+            losses, metrics = self._align(x, vis, ids_BL, mask_BL, labels_B, modality)
+        losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL, batch.get("prompt_len"))
+        total = sum(self.loss_weights[k] * losses[k] for k in LOSS_NAMES)
+        return TaskOutput(loss=total, losses=losses, metrics=metrics)
+
+    def _align(self, x, vis, ids_BL, mask_BL, labels_B, modality: Modality):
+        """Contrastive (UniVLC) and matching losses, with the momentum step and the enqueue they imply."""
+        if self.training and self.momentum_in_forward:
+            self.momentum_update()
         v_BE = self.model.project_visual(vis.cls_BD)
         t_BE = self.model.project_text(self.model.text_features(ids_BL, mask_BL).cls_BD)
         v_m_BE, t_m_BE = self.momentum_encoders.embed(x, ids_BL, mask_BL)
@@ -128,9 +148,7 @@ class PretrainTask(nn.Module):
         losses = {"vlc": vlc.loss}
         metrics = {"temperature": vlc.temperature, "queue_fill": vlc.queue_fill}
         losses["vlm"], metrics["vlm_accuracy"] = self._vlm(vis.tokens_BSD, ids_BL, mask_BL, labels_B, v_BE, t_BE)
-        losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL)
-        total = sum(self.loss_weights[k] * losses[k] for k in LOSS_NAMES)
-        return TaskOutput(loss=total, losses=losses, metrics=metrics)
+        return losses, metrics
 
     def _vlm(self, tokens_BSD, ids_BL, mask_BL, labels_B, v_BE, t_BE):
         if self.loss_weights["vlm"] == 0:
@@ -139,10 +157,12 @@ class PretrainTask(nn.Module):
         out = self.vlm(self.model.match_logits, tokens_BSD, ids_BL, mask_BL, labels_B, sim_BB)
         return out.loss, out.accuracy
 
-    def _lm(self, tokens_BSD, ids_BL, mask_BL):
+    def _lm(self, tokens_BSD, ids_BL, mask_BL, prompt_len_B=None):
         if self.loss_weights["lm"] == 0:
             return tokens_BSD.new_zeros(())
-        return self.lm(self.model.lm_logits(tokens_BSD, ids_BL, mask_BL), ids_BL, mask_BL)
+        if prompt_len_B is not None:
+            prompt_len_B = prompt_len_B.to(ids_BL.device, torch.long)
+        return self.lm(self.model.lm_logits(tokens_BSD, ids_BL, mask_BL), ids_BL, mask_BL, prompt_len_B)
 
     def _read(self, batch: Mapping[str, torch.Tensor], modality: Modality):
         missing = [k for k in BATCH_KEYS if k not in batch]
