@@ -84,6 +84,16 @@ def read_manifest(source: SourceConfig) -> list[ManifestRow]:
     return rows
 
 
+def read_extra_field(source: SourceConfig, name: str) -> list[str]:
+    """Per row (in `read_manifest` order) the value of a column the row schema does not carry, e.g. a QA
+    row's `qtype`; "" where absent. WebDataset shards carry no extra columns: all "" there."""
+    fmt = detect_format(source.manifest, source.format)
+    if fmt == "webdataset":
+        return [""] * len(read_manifest(source))
+    reader = {"jsonl": _jsonl_records, "csv": _csv_records, "parquet": _parquet_records}[fmt]
+    return [_field((rec or {}).get(name)) for rec, _, _ in reader(source.manifest)]
+
+
 def rows_to_table(rows: list[ManifestRow]) -> pa.Table:
     return pa.Table.from_pylist([asdict(r) for r in rows], schema=ROW_SCHEMA)
 

@@ -56,17 +56,22 @@ def caption_metrics(references: dict[Hashable, list[str]], hypotheses: dict[Hash
 
 def meteor(gts: dict, res: dict) -> float:
     """METEOR 1.5 through pycocoevalcap's wrapper (a `java -jar` subprocess, closed afterwards)."""
+    return meteor_many(gts, [res])[0]
+
+
+def meteor_many(gts: dict, results: list[dict]) -> list[float]:
+    """METEOR of several hypothesis sets against the same references, in one Java process (it takes ~10 s
+    to start)."""
     from pycocoevalcap.meteor.meteor import Meteor
 
     scorer = Meteor()
     try:
-        score, _ = scorer.compute_score(gts, res)
+        return [float(scorer.compute_score(gts, res)[0]) for res in results]
     finally:
         scorer.meteor_p.stdin.close()
         scorer.meteor_p.kill()
         scorer.meteor_p.wait()
         scorer.meteor_p = _Closed()
-    return float(score)
 
 
 class _Closed:
@@ -80,6 +85,32 @@ class _Closed:
     def kill(self) -> None: ...
 
     def wait(self) -> None: ...
+
+
+def scores_with_chance(references: dict[Hashable, list[str]], hypotheses: dict[Hashable, str],
+                       java: str | None | bool = True) -> dict:
+    """{"scores": caption_metrics(...), "chance": the same metrics for `random_caption_baseline`'s captions}.
+    METEOR runs in one Java process for both."""
+    java_bin = shutil.which("java") if java is True else (java or None)
+    scores = caption_metrics(references, hypotheses, java=False)
+    chance = random_caption_baseline(references, java=False)
+    if java_bin and len(references) >= 2:
+        keys = list(references)
+        gts = {i: [tokenize_caption(r) for r in references[k]] for i, k in enumerate(keys)}
+        hyp = {i: [tokenize_caption(hypotheses[k])] for i, k in enumerate(keys)}
+        base = {i: [tokenize_caption(references[keys[(i + 1) % len(keys)]][0])] for i in range(len(keys))}
+        scores["METEOR"], chance["METEOR"] = meteor_many(gts, [hyp, base])
+        scores["unavailable"].pop("METEOR", None)
+    elif java_bin:
+        scores["METEOR"] = meteor(*_coco(references, hypotheses))
+        scores["unavailable"].pop("METEOR", None)
+    return {"scores": scores, "chance": chance}
+
+
+def _coco(references, hypotheses) -> tuple[dict, dict]:
+    keys = list(references)
+    return ({i: [tokenize_caption(r) for r in references[k]] for i, k in enumerate(keys)},
+            {i: [tokenize_caption(hypotheses[k])] for i, k in enumerate(keys)})
 
 
 def random_caption_baseline(references: dict[Hashable, list[str]], java: str | None | bool = False) -> dict:

@@ -14,12 +14,17 @@ def write_json(metrics: dict, out_dir: Path) -> Path:
 
 def markdown(metrics: dict, title: str) -> str:
     """Tables per source: every number next to its chance level."""
-    lines = [f"# {title}", "", f"checkpoint: `{metrics.get('checkpoint', '?')}`", ""]
+    lines = [f"# {title}", "", f"checkpoint: `{metrics.get('checkpoint', '?')}`", "",
+             "Every number stands beside its chance level: what a model that ignores the picture or video scores "
+             "(a random ranking, a uniform guess over the classes or answers, a caption of another item).", ""]
     for name, m in metrics.get("sources", {}).items():
         lines += [f"## {name} ({m['modality']}, {m['kind']}, {m['rows']} rows)", ""]
         lines += ["| metric | value | chance |", "|---|---|---|"]
-        for key, (value, chance) in sorted(m.get("table", {}).items()):
+        for key, (value, chance) in m.get("table", {}).items():
             lines.append(f"| {key} | {value:.1f} | {chance:.1f} |")
+        if m.get("notes"):
+            lines.append("")
+        lines += [f"- {note}" for note in m.get("notes", [])]
         for fig in m.get("figures", []):
             lines += ["", f"![{name}]({fig})"]
         lines.append("")
@@ -71,6 +76,31 @@ def plot_confusion(matrix, classes: list[str], out_png: Path, title: str) -> Pat
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
+def plot_sample_sheet(samples: list[dict], out_png: Path, title: str) -> Path:
+    """One row per sample: its frame (uint8 HWC) and, beside it, the lines of text (e.g. question, generated
+    answer, ground truth)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = max(len(samples), 1)
+    fig, axes = plt.subplots(n, 2, figsize=(7.5, 1.4 * n), gridspec_kw={"width_ratios": [1, 4]}, squeeze=False)
+    for ax_img, ax_txt in axes:
+        ax_img.axis("off")
+        ax_txt.axis("off")
+    for (ax_img, ax_txt), s in zip(axes, samples):
+        ax_img.imshow(s["frame"])
+        text = "\n".join(s["lines"]).encode("ascii", "replace").decode()  # the bundled font lacks most scripts
+        ax_txt.text(0, 0.5, text, va="center", ha="left", fontsize=8, family="monospace",
+                    wrap=True)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(out_png, dpi=90)
     plt.close(fig)

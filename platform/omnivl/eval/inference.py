@@ -1,0 +1,82 @@
+"""Model inference on decoded batches (torch, no Ray): embeddings, matching-head scores, generation.
+
+The Ray actors of the `evaluate` job call these on the batches the data plane produces (columns of
+`omnivl.data.decode.OUTPUT_COLUMNS`); the single-process reference path calls the same functions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from omnivl.eval.config import GenerationSettings
+
+
+def _pixels(batch: dict) -> torch.Tensor:
+    return torch.from_numpy(np.array(batch["pixels"]))  # a copy: Ray hands out read-only buffers
+
+
+@torch.no_grad()
+def embed_batch(model, batch: dict, modality: str) -> dict:
+    """visual [N,E] (normalized, shared space), features [N,D] (the visual [CLS] before projection: what a
+    linear probe reads), text_emb [N,E], plus label_id and text passed through."""
+    ids = torch.as_tensor(np.asarray(batch["input_ids"]))
+    mask = torch.as_tensor(np.asarray(batch["attention_mask"]))
+    cls_BD = model.visual_features(_pixels(batch), modality).cls_BD
+    return {"visual": model.project_visual(cls_BD).float().cpu().numpy(),
+            "features": cls_BD.float().cpu().numpy(),
+            "text_emb": model.encode_text(ids, mask).float().cpu().numpy(),
+            "label_id": np.asarray(batch["label_id"]), "text": np.asarray(batch["text"], dtype=object)}
+
+
+@torch.no_grad()
+def match_batch(model, batch: dict, modality: str, pairs: dict[int, list[int]], text_ids_TL: np.ndarray,
+                text_mask_TL: np.ndarray) -> dict:
+    """Matching-head probabilities of the (visual row, text) pairs asked for: `pairs[label_id]` lists the text
+    indices (rows of `text_ids_TL`) to score against the batch row with that label id. Rows not in `pairs`
+    are skipped. Returns flat columns label_id, text_index, score (one row per pair)."""
+    label_ids = [int(x) for x in np.asarray(batch["label_id"])]
+    rows = [i for i, lid in enumerate(label_ids) if pairs.get(lid)]
+    out = {"label_id": [], "text_index": [], "score": []}
+    if rows:
+        visual = model.visual_features(_pixels(batch)[rows], modality)
+        device = visual.tokens_BSD.device
+        for j, i in enumerate(rows):
+            texts = pairs[label_ids[i]]
+            tokens_PSD = visual.tokens_BSD[j:j + 1].expand(len(texts), -1, -1)
+            ids = torch.as_tensor(text_ids_TL[texts], device=device)
+            mask = torch.as_tensor(text_mask_TL[texts], device=device)
+            logits = model.match_logits(tokens_PSD, ids, mask)
+            out["label_id"] += [label_ids[i]] * len(texts)
+            out["text_index"] += list(texts)
+            out["score"] += logits.softmax(-1)[:, 1].float().cpu().tolist()
+    return {"label_id": np.asarray(out["label_id"], dtype=np.int64),
+            "text_index": np.asarray(out["text_index"], dtype=np.int64),
+            "score": np.asarray(out["score"], dtype=np.float64)}
+
+
+def prompt_ids(batch: dict, pad: int = 0) -> torch.Tensor:
+    """[B, P] right-padded generation prompts: `input_ids[1:prompt_len]` of each row (no [CLS])."""
+    ids = np.asarray(batch["input_ids"])
+    lens = np.asarray(batch["prompt_len"]).astype(int)
+    width = max(int(lens.max()) - 1, 1) if len(lens) else 1
+    out = np.full((len(ids), width), pad, dtype=np.int64)
+    for i, n in enumerate(lens):
+        out[i, :n - 1] = ids[i, 1:n]
+    return torch.as_tensor(out)
+
+
+@torch.no_grad()
+def generate_batch(model, batch: dict, modality: str, tokenizer, settings: GenerationSettings,
+                   answer: bool) -> dict:
+    """Generated text per row: a caption (no prompt), or with `answer` the answer to the row's question
+    (prompt `input_ids[1:prompt_len]`, i.e. `question: {q} answer:`). Columns label_id, generated."""
+    label_id = np.asarray(batch["label_id"])
+    if len(label_id) == 0:
+        return {"label_id": label_id.astype(np.int64), "generated": np.asarray([], dtype=object)}
+    prompts = prompt_ids(batch, model.tokens.pad) if answer else None
+    new_BN = model.generate(_pixels(batch), modality, prompt_ids=prompts, method=settings.method,
+                            max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams)
+    texts = tokenizer.batch_decode(new_BN.cpu().tolist(), skip_special_tokens=True)
+    return {"label_id": label_id.astype(np.int64),
+            "generated": np.asarray([" ".join(t.split()) for t in texts], dtype=object)}
