@@ -16,6 +16,7 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from omnivl.data.text import qa_prompt
 from omnivl.serving import schemas as S
 from omnivl.serving.config import ServeAppConfig
 from omnivl.serving.engine import GenerateCall, MatchCall, TextCall, VisualCall, decoding_kwargs
@@ -23,7 +24,6 @@ from omnivl.serving.errors import ServeError
 from omnivl.serving.media import DecodedMedia, Geometry, decode_media, media_bytes, stack_by_modality
 
 CLASSIFY_LOGIT_SCALE = 100.0
-QA_PROMPT = "question: {} answer:"
 RANGE_ERRORS = ("greater_than", "less_than", "too_short", "too_long")
 
 
@@ -251,7 +251,7 @@ class Frontend:
         return {"model": model_id, "modality": modality, "caption": text}
 
     async def _answer(self, req: S.AnswerRequest, uploads: dict[str, bytes], model_id: str) -> dict:
-        prompt = self.prompt_ids(QA_PROMPT.format(self.check_text(req.question, "question")))
+        prompt = self.prompt_ids(qa_prompt(self.check_text(req.question, "question")))  # the training format
         modality, text = await self.generate_text(req.media, uploads, model_id, self.decoding(req.decoding), prompt)
         return {"model": model_id, "modality": modality, "answer": text}
 
