@@ -98,6 +98,14 @@ def test_retrieval_numbers_are_the_models(evaluated, tiny_export):
 
         want_re = recall_metrics(ranks(rerank(sim_TV, RERANK_K, head), [{i} for i in text_to_item]))
         assert got["reranked"]["text_to_visual"] == pytest.approx(want_re, abs=1e-9)
+        captions_of = [{t for t, i in enumerate(text_to_item) if i == v} for v in range(len(reps))]
+
+        def head_vt(q, g):
+            tokens = visual_out.tokens_BSD[[reps[i] for i in q]]
+            return model.match_logits(tokens, ids[g], mask[g]).softmax(-1)[:, 1].numpy()
+
+        want_vt = recall_metrics(ranks(rerank(sim_TV.T, RERANK_K, head_vt), captions_of))
+        assert got["reranked"]["visual_to_text"] == pytest.approx(want_vt, abs=1e-9)
         assert got["rerank_k"] == RERANK_K
 
 
@@ -187,3 +195,32 @@ def test_checkpoint_that_does_not_match_the_spec_is_named(eval_corpus, tiny_expo
     with pytest.raises(ValueError, match=r"model\.size: the spec says 'small' but checkpoint .* 'tiny'"):
         ev.run_job(validate_spec(raw))
     assert not (tmp_path / "o").exists()
+
+
+def test_several_captions_per_item_are_one_gallery_entry(ray_local, eval_corpus, tiny_export, tmp_path):
+    """Every image twice in the manifest with two different captions: items are the distinct files, and an
+    image's retrieval counts either caption."""
+    rows = [json.loads(line) for line in (eval_corpus / "image_text" / "test.jsonl").read_text().splitlines()]
+    manifest = tmp_path / "two_captions.jsonl"
+    doubled = []
+    for r in rows:
+        path = str(eval_corpus / "image_text" / r["path"])
+        doubled += [{"path": path, "text": r["text"]}, {"path": path, "text": f"there is a {r['shape']} here"}]
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in doubled))
+    raw = eval_spec(eval_corpus, tiny_export, tmp_path / "out", ["retrieval"], rerank_k=3)
+    raw["data"]["sources"] = [{"name": "two", "manifest": str(manifest), "modality": "image", "kind": "text"}]
+    raw["eval"]["probe_train"] = {}
+    ev.run_job(validate_spec(raw))
+    got = json.loads((tmp_path / "out" / "metrics.json").read_text())["sources"]["two"]
+    assert got["tasks"]["retrieval"]["items"] == len(rows) and got["rows"] == 2 * len(rows)
+
+    src = SourceConfig(name="two", manifest=str(manifest), modality="image")
+    emb = ev.embed_locally(src, DecodeConfig(**raw["data"]["decode"]), tiny_export)
+    uri = {label_id_for_pair("two", i): d["path"] for i, d in enumerate(doubled)}
+    reps, text_to_item = items_and_captions([uri[int(l)] for l in emb.label_id_N])
+    sim_VT = emb.visual_NE[reps] @ emb.text_NE.T
+    captions_of = [{t for t, i in enumerate(text_to_item) if i == v} for v in range(len(reps))]
+    assert all(len(c) == 2 for c in captions_of)
+    want = recall_metrics(ranks(sim_VT, captions_of))
+    assert got["tasks"]["retrieval"]["contrastive"]["visual_to_text"] == pytest.approx(want, abs=1e-9)
+    assert got["table"]["image->text R@1"][1] == pytest.approx(200 / (2 * len(rows)))  # 2 matches among 2n texts

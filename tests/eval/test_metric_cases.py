@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from omnivl.eval import classify
-from omnivl.eval.captioning import caption_metrics, random_caption_baseline, tokenize_caption
+from omnivl.eval.captioning import caption_metrics, random_caption_baseline, scores_with_chance, tokenize_caption
 from omnivl.eval.probe import linear_probe
 from omnivl.eval.qa import normalize_answer, qa_accuracy
 from omnivl.eval.retrieval import items_and_captions, ranks, recall_metrics, rerank, top_k_candidates
@@ -120,9 +120,11 @@ def test_meteor_and_spice_availability_is_reported():
     assert "offline" in no_java["unavailable"]["SPICE"]
     java = shutil.which("java")
     assert java, "this machine has a Java runtime; METEOR's real path must be exercised here"
-    with_java = caption_metrics(REFS, {"img1": REFS["img1"][0], "img2": "a green dot"}, java=java)
+    both = scores_with_chance(REFS, {"img1": REFS["img1"][0], "img2": "a green dot"}, java=java)  # one JVM
+    with_java, chance = both["scores"], both["chance"]
     assert "METEOR" not in with_java["unavailable"]
     assert 0.2 < with_java["METEOR"] < 0.9  # one perfect caption, one nearly unrelated
+    assert chance["METEOR"] < 0.1 < with_java["METEOR"]  # each item captioned with the other's caption
 
 
 # --- QA ----------------------------------------------------------------------------------------------------

@@ -116,8 +116,7 @@ def evaluate_source(src: SourceConfig, tasks: list[str], ctx: Context) -> dict:
         print(f"evaluate {src.name}: {task}", flush=True)
         result = TASKS[task](src, ctx, emb)
         entry["rows"] = max(entry["rows"], result.pop("rows", 0))
-        for key in ("table",):
-            entry[key].update(result.pop(key, {}))
+        entry["table"].update(result.pop("table", {}))
         entry["notes"] += result.pop("notes", [])
         entry["figures"] += result.pop("figures", [])
         entry["tasks"][task] = result

@@ -94,15 +94,15 @@ def scores_with_chance(references: dict[Hashable, list[str]], hypotheses: dict[H
     java_bin = shutil.which("java") if java is True else (java or None)
     scores = caption_metrics(references, hypotheses, java=False)
     chance = random_caption_baseline(references, java=False)
-    if java_bin and len(references) >= 2:
+    if java_bin:
         keys = list(references)
-        gts = {i: [tokenize_caption(r) for r in references[k]] for i, k in enumerate(keys)}
-        hyp = {i: [tokenize_caption(hypotheses[k])] for i, k in enumerate(keys)}
-        base = {i: [tokenize_caption(references[keys[(i + 1) % len(keys)]][0])] for i in range(len(keys))}
-        scores["METEOR"], chance["METEOR"] = meteor_many(gts, [hyp, base])
-        scores["unavailable"].pop("METEOR", None)
-    elif java_bin:
-        scores["METEOR"] = meteor(*_coco(references, hypotheses))
+        gts, hyp = _coco(references, hypotheses)
+        sets = [hyp]
+        if len(keys) >= 2:
+            sets.append({i: [tokenize_caption(references[keys[(i + 1) % len(keys)]][0])] for i in range(len(keys))})
+        values = meteor_many(gts, sets)
+        scores["METEOR"] = values[0]
+        chance["METEOR"] = values[1] if len(values) > 1 else 0.0
         scores["unavailable"].pop("METEOR", None)
     return {"scores": scores, "chance": chance}
 
