@@ -15,7 +15,8 @@ def _synth(sub) -> None:
     p = sub.add_parser("synth", help="generate the synthetic corpus (images, H.264 videos, manifests, splits)")
     p.add_argument("--out", required=True, help="output directory (local or s3://); replaced if it exists")
     p.add_argument("--seed", type=int, default=0)
-    for name in ("image-text", "image-label", "video-text", "video-label", "image-qa", "video-qa", "image-size", "video-frames", "fps"):
+    for name in ("image-text", "image-label", "video-text", "video-label", "image-qa", "video-qa", "image-size",
+                 "video-frames", "fps"):
         p.add_argument(f"--{name}", type=int, default=None, help="override the SynthConfig default")
     p.set_defaults(func=run_synth)
 

@@ -286,7 +286,8 @@ def retrieval(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
     truth_vt: list[set[int]] = [set() for _ in reps]
     for t, v in enumerate(text_to_item):
         truth_vt[v].add(t)
-    rank_lists = {"contrastive": {"text_to_visual": ranks(sim_VT.T, truth_tv), "visual_to_text": ranks(sim_VT, truth_vt)}}
+    rank_lists = {"contrastive": {"text_to_visual": ranks(sim_VT.T, truth_tv),
+                                  "visual_to_text": ranks(sim_VT, truth_vt)}}
     k = ctx.cfg.rerank_k
     if k > 0:
         rank_lists["reranked"] = reranked_ranks(src, ctx, emb, reps, sim_VT, truth_tv, truth_vt)
@@ -415,7 +416,8 @@ def linear_probe(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
     res.pop("predictions")
     note = (f"linear probe: logistic regression on frozen visual [CLS] features, trained on "
             f"{res['train_rows']} rows of {train_src.manifest}, scored on {res['test_rows']} held-out rows")
-    return {**res, "train_manifest": train_src.manifest, "table": {"linear probe top1": (res["accuracy"], res["chance"])},
+    return {**res, "train_manifest": train_src.manifest,
+            "table": {"linear probe top1": (res["accuracy"], res["chance"])},
             "notes": [note]}
 
 
@@ -465,7 +467,8 @@ def qa(src: SourceConfig, ctx: Context, emb: Embedded | None) -> dict:
         answers.append(row.answer)
         qtypes.append(qtype or "all")
         records.append({"item": row.uri, "question": row.question, "answer": row.answer, "qtype": qtype,
-                        "generated": generated[lid], "correct": normalize_answer(generated[lid]) == normalize_answer(row.answer)})
+                        "generated": generated[lid],
+                        "correct": normalize_answer(generated[lid]) == normalize_answer(row.answer)})
     if not records:
         raise ValueError(f"{src.name}: no QA row could be decoded ({src.manifest}); see the bad-input report")
     res = qa_accuracy(preds, answers, qtypes)
