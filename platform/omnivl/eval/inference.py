@@ -20,8 +20,9 @@ def _pixels(batch: dict) -> torch.Tensor:
 def embed_batch(model, batch: dict, modality: str) -> dict:
     """visual [N,E] (normalized, shared space), features [N,D] (the visual [CLS] before projection: what a
     linear probe reads), text_emb [N,E], plus label_id and text passed through."""
-    ids = torch.as_tensor(np.asarray(batch["input_ids"]))
-    mask = torch.as_tensor(np.asarray(batch["attention_mask"]))
+    device = model.pixel_mean.device  # pixels move in `normalize_pixels`; token ids must be moved here
+    ids = torch.as_tensor(np.asarray(batch["input_ids"]), device=device)
+    mask = torch.as_tensor(np.asarray(batch["attention_mask"]), device=device)
     cls_BD = model.visual_features(_pixels(batch), modality).cls_BD
     return {"visual": model.project_visual(cls_BD).float().cpu().numpy(),
             "features": cls_BD.float().cpu().numpy(),
