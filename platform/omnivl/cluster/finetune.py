@@ -3,14 +3,14 @@ the fine-tuned export and (with an `eval:` block) evaluate it on held-out source
 
 Training is `omnivl.cluster.training`, the same code as pretraining (checkpoints, resume, metrics, export);
 fine-tuning differs only in where stage 0 starts (the export's weights, with fresh momentum encoders, queues
-and optimizer), in the objectives (`FinetuneJob.loss_weights`) and, for QA, in the batch column `prompt_len`
-that keeps the question out of the LM loss.
+and optimizer) and in the objectives (`FinetuneJob.loss_weights`). QA needs nothing more: every decoded batch
+carries `prompt_len`, and the LM loss never trains on the question tokens before it.
 """
 
 from __future__ import annotations
 
 from omnivl import storage
-from omnivl.cluster.training import TRAIN_COLUMNS, run_dir_of, run_training
+from omnivl.cluster.training import run_dir_of, run_training
 from omnivl.spec.jobs import DataSpec, EvaluateJob, FinetuneJob
 
 EVAL_DIR = "eval"
@@ -22,7 +22,7 @@ def run_job(job: FinetuneJob) -> dict:
     """Fine-tune, export, evaluate. Raises ValueError (before any training) if `init` does not hold a model of
     the spec's architecture, FileNotFoundError if it holds no export."""
     export = init_export(job)
-    summary = run_training(job, columns=train_columns(job), init_export=export)
+    summary = run_training(job, init_export=export)
     summary["init"] = export
     if job.eval is not None:
         summary["eval"] = evaluate(job, summary["export"])
@@ -69,10 +69,6 @@ def first_difference(a, b, path: str = "arch") -> tuple[str, object, object] | N
                 return found
         return None
     return None if a == b else (path, a, b)
-
-
-def train_columns(job: FinetuneJob) -> tuple[str, ...]:
-    return TRAIN_COLUMNS + ("prompt_len",) if job.task == "qa" else TRAIN_COLUMNS
 
 
 def evaluate(job: FinetuneJob, export: str) -> dict:

@@ -5,7 +5,7 @@ The driver side (`run_training`) decides what to run: it skips finished stages, 
 *final* checkpoint of stage k (stage 0 from the model's `init`, or from a pretraining export when fine-tuning),
 builds one Ray Data stream per modality and sizes the worker group. The worker side (`train_loop_per_worker`)
 is the only code Ray Train runs; the step itself is `omnivl.train.loop`. What differs between job kinds is
-read from the job (`TrainingJob.loss_weights`) or passed in (`columns`, `init_export`).
+read from the job (`TrainingJob.loss_weights`) or passed in (`init_export`).
 
 Resume and fault tolerance use our own checkpoints (`omnivl.train.checkpoint`), not Ray's checkpoint manager:
 a restarted worker group (a worker died) and a re-run of the same spec (the job was interrupted) both scan the
@@ -35,24 +35,23 @@ from omnivl.train.schedule import lr_at, modality_at, split_batch, stage_weights
 log = logging.getLogger(__name__)
 
 EXPORT_DIR = "export"
-TRAIN_COLUMNS = ("pixels", "input_ids", "attention_mask", "label_id")
+# prompt_len: the leading tokens the LM loss skips (1 for captions and labels, the question for QA rows)
+TRAIN_COLUMNS = ("pixels", "input_ids", "attention_mask", "label_id", "prompt_len")
 METRICS_FILE = "metrics.jsonl"
 
 
 # ----------------------------------------------------------------------------------------------- driver side
 
 
-def run_training(job: TrainingJob, *, columns: tuple[str, ...] = TRAIN_COLUMNS,
-                 init_export: str | None = None) -> dict:
+def run_training(job: TrainingJob, *, init_export: str | None = None) -> dict:
     """Run every stage not finished yet, then write the inference export. Returns a summary.
 
-    `columns`: the batch columns the task reads. `init_export`: the first stage starts from this export's
-    weights (fine-tuning) instead of `job.model.init`."""
+    `init_export`: the first stage starts from this export's weights (fine-tuning) instead of `job.model.init`."""
     run_dir = run_dir_of(job)
     print(f"{job.kind} {job.name!r}: run directory {run_dir}", flush=True)
     stages = {}
     for index in range(len(job.stages)):
-        stages[job.stages[index].name] = run_stage(job, index, run_dir, columns, init_export)
+        stages[job.stages[index].name] = run_stage(job, index, run_dir, init_export)
     export_uri = write_export(job, run_dir)
     summary = {"run_dir": run_dir, "export": export_uri, "metrics": storage.join(run_dir, METRICS_FILE),
                "stages": stages}
@@ -79,8 +78,7 @@ def starting_point(job: TrainingJob, index: int, run_dir: str) -> ck.CheckpointR
     return ref
 
 
-def run_stage(job: TrainingJob, index: int, run_dir: str, columns: tuple[str, ...] = TRAIN_COLUMNS,
-              init_export: str | None = None) -> dict:
+def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | None = None) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -94,7 +92,7 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, columns: tuple[str, ..
 
     # our progress lines replace Ray Data's bars, which interleave badly with the workers' output
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets, rows = stage_datasets(job, index, columns)
+    datasets, rows = stage_datasets(job, index)
     weights = stage_weights(stage, set(datasets))
     total = steps_for_stage(stage, rows, weights)
     init_export = init_export if index == 0 else None  # later stages start from the stage before
@@ -156,7 +154,7 @@ def ray_storage_path(run_dir: str) -> str:
     return str(Path(run_dir, "ray").absolute())
 
 
-def stage_datasets(job: TrainingJob, index: int, columns: tuple[str, ...] = TRAIN_COLUMNS):
+def stage_datasets(job: TrainingJob, index: int):
     """One Ray Data stream per modality of the stage, and the row count of each (for epoch lengths)."""
     from omnivl.cluster.data_pipeline import build_dataset, read_rows
 
@@ -169,7 +167,7 @@ def stage_datasets(job: TrainingJob, index: int, columns: tuple[str, ...] = TRAI
         if not group or getattr(stage.batch_size, modality) == 0:
             continue
         ds = build_dataset(group, job.data.decode, modality=modality, train=True, seed=job.seed + 1000 * index)
-        datasets[modality] = ds.select_columns(list(columns))  # `text` stays on the CPU side
+        datasets[modality] = ds.select_columns(list(TRAIN_COLUMNS))  # `text` stays on the CPU side
         rows[modality] = len(read_rows(group, modality, train=False, seed=0))
     return datasets, rows
 
