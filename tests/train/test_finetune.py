@@ -132,18 +132,26 @@ def test_interrupted_retrieval_finetune_resumes_and_beats_the_pretrained_model(r
     assert tuned["text->image mean rank"]["value"] < 0.75 * base["text->image mean rank"]["value"], line
 
 
-def test_init_that_does_not_match_the_model_is_refused_before_training(corpus, pretrained, tmp_path):
-    job = finetune_spec(corpus, tmp_path / "ft", pretrained["export"], "retrieval", ("image_text", "train"))
+def test_init_that_does_not_match_the_model_is_refused_before_training(tmp_path):
+    from omnivl.models.config import ModelConfig
+    from omnivl.models.export import save_export
+    from omnivl.models.omnivl import build_model
+
+    cfg = ModelConfig.model_validate(MODEL)
+    save_export(build_model(cfg, load_pretrained=False).model, cfg, str(tmp_path / "pt" / "export"))
+    job = finetune_spec(tmp_path, tmp_path / "ft", tmp_path / "pt", "retrieval", ("image_text", "train"))
     job.model.num_frames = 4
-    with pytest.raises(ValueError, match=r"model.num_frames: the spec says 4 but init .* was trained with 2"):
+    with pytest.raises(ValueError, match=r"model.num_frames: the spec says 4 but checkpoint .* was trained with 2"):
         finetune(job)
-    job.model.num_frames = 2
-    job.model.size = "small"
+    job.model.num_frames, job.model.size = 2, "small"
     with pytest.raises(ValueError, match=r"model.size: the spec says 'small' .* with 'tiny'"):
         finetune(job)
+    job.model.size, job.model.image_size = "tiny", None  # the size's default, 64, against the export's 32
+    with pytest.raises(ValueError, match=r"arch.visual.image_size = 64 but init .*/pt/export has 32"):
+        finetune(job)
     with pytest.raises(FileNotFoundError, match="no export"):
-        finetune(finetune_spec(corpus, tmp_path / "ft2", tmp_path, "retrieval", ("image_text", "train")))
-    assert not (tmp_path / "ft").exists()
+        finetune(finetune_spec(tmp_path, tmp_path / "ft", tmp_path, "retrieval", ("image_text", "train")))
+    assert not (tmp_path / "ft").exists()  # nothing was trained or written
 
 
 def finetune_errors(**change):
@@ -168,6 +176,8 @@ def test_finetune_spec_errors_name_the_path():
     assert "eval.sources[0]: 'caps' is trained on by stages[0]; evaluation needs held-out data" in \
         finetune_errors(eval={"sources": ["caps"]})
     assert "eval.sources[0]: unknown source 'nope'" in finetune_errors(eval={"sources": ["nope"]})
+    assert "eval.tasks[0]: qa needs a source of kind qa; sources: caps_test (text)" in \
+        finetune_errors(eval={"sources": ["caps_test"], "tasks": ["qa"]})
     assert "init: input should be a valid string, got None" in finetune_errors(init=None)
     zero_lm = [{**stage(["caps"], 10, 1e-4), "loss_weights": {"lm": 0}}]
     assert "stages[0].loss_weights: every objective of task captioning (lm) has weight 0" in \

@@ -41,15 +41,13 @@ def init_export(job: FinetuneJob) -> str:
 
 def check_architecture(job: FinetuneJob, export: str) -> None:
     """Raises ValueError naming the first field where the spec's model and the export's differ: a `model` field
-    the spec sets, else the resolved architecture (layer counts, widths, ...)."""
+    the spec sets (the check `evaluate` makes), else the resolved architecture (layer counts, widths, ...)."""
+    from omnivl.cluster.evaluate import check_model_matches
     from omnivl.models.export import read_export_config
     from omnivl.models.sizes import resolve_arch
 
-    cfg, arch = read_export_config(export)
-    for field in ("size", "image_size", "num_frames", "tubelet", "embed_dim"):
-        want, have = getattr(job.model, field), getattr(cfg, field)
-        if want is not None and want != have:
-            raise ValueError(f"model.{field}: the spec says {want!r} but init {export} was trained with {have!r}")
+    check_model_matches(job, export)
+    _, arch = read_export_config(export)
     diff = first_difference(weight_shaping(resolve_arch(job.model).to_dict()), weight_shaping(arch.to_dict()))
     if diff:
         path, want, have = diff

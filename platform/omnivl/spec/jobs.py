@@ -132,6 +132,7 @@ class FinetuneJob(TrainingJob):
                                         f"({', '.join(TASK_OBJECTIVES[self.task])}) has weight 0"))
         if self.eval is not None:
             issues += _unknown_sources("eval.sources", self.eval.sources, by_name)
+            issues += source_issues(self.eval, [by_name[n] for n in self.eval.sources if n in by_name])
             for j, name in enumerate(self.eval.sources):
                 if name in trained:
                     issues.append(SpecIssue(f"eval.sources[{j}]", f"{name!r} is trained on by "
