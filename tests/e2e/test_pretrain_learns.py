@@ -1,6 +1,6 @@
 """End to end: both pretraining stages of the tiny model on the synthetic corpus with 2 CPU workers on an
 embedded Ray cluster, then held-out evaluation through the `evaluate` job. The model must *learn*: held-out
-text->video and text->image retrieval well above chance.
+text->video and text->image retrieval well above chance, image captioning (CIDEr) above its chance level.
 
 Not asserted (yet): motion direction. The tiny model trained from scratch within this CPU budget stays at
 chance on the direction probes and on 4-way zero-shot motion classification (see issue 5's note); the report
@@ -47,3 +47,6 @@ def test_two_stage_pretraining_learns(ray_local, tmp_path_factory):
     assert "zero-shot top1" in m["video_label"]
     i2t = m["image_text"]["text->image R@1"]
     assert i2t["value"] >= 4 * i2t["chance"], m["image_text"]
+    # The generation decoder describes held-out images better than another item's caption would.
+    cider = m["image_text"]["captioning CIDEr (x100)"]
+    assert cider["value"] >= 1.3 * cider["chance"], m["image_text"]
