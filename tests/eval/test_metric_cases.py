@@ -30,14 +30,29 @@ def test_rerank_reorders_only_the_top_k():
         calls.append(len(q))
         return match[q, g]
 
-    assert ranks(rerank(sim, 3, match_fn), truth).tolist() == [1, 4]  # query 1's truth is outside its top-3
+    alone = dict(add_similarity=False)  # ALBEF: the head's score alone orders the top-k
+    assert ranks(rerank(sim, 3, match_fn, **alone), truth).tolist() == [1, 4]  # query 1's truth is outside its top-3
     assert calls == [6]  # one call, k pairs per query
-    assert ranks(rerank(sim, 4, match_fn), truth).tolist() == [1, 1]
-    assert ranks(rerank(sim, 2, match_fn), truth).tolist() == [3, 4]  # truth not in top-2: unchanged
+    assert ranks(rerank(sim, 4, match_fn, **alone), truth).tolist() == [1, 1]
+    assert ranks(rerank(sim, 2, match_fn, **alone), truth).tolist() == [3, 4]  # truth not in top-2: unchanged
     # re-ranking never moves a candidate behind a non-candidate, even with a bad head
     # the head ranks query 0's truth last of the 3 candidates and query 1's top candidate (3) second
-    bad_head = rerank(sim, 3, lambda q, g: -match[q, g])
+    bad_head = rerank(sim, 3, lambda q, g: -match[q, g], **alone)
     assert ranks(bad_head, truth).tolist() == [3, 4] and ranks(bad_head, [{3}, {3}]).tolist() == [4, 2]
+
+
+def test_rerank_adds_the_contrastive_similarity_by_default():
+    # BLIP's evaluation: a top-k candidate's score is match + similarity.
+    sim = np.array([[0.9, 0.2, 0.1],     # truth 0, contrastive rank 1
+                    [0.3, 0.6, 0.5]])    # truth 2, contrastive rank 2
+    match = np.array([[0.4, 0.5, 0.0],   # head alone prefers column 1 (0.5 > 0.4): 0.9+0.4=1.3 > 0.2+0.5=0.7
+                      [0.0, 0.1, 0.4]])  # 0.5+0.4=0.9 > 0.6+0.1=0.7 > (col 0 is not in the top-2)
+    truth = [{0}, {2}]
+    head = lambda q, g: match[q, g]  # noqa: E731
+    assert ranks(rerank(sim, 2, head, add_similarity=False), truth).tolist() == [2, 1]
+    assert ranks(rerank(sim, 2, head), truth).tolist() == [1, 1]
+    scores = rerank(sim, 2, head)
+    assert np.argsort(-scores[1]).tolist() == [2, 1, 0]  # candidates by match+sim, then the rest
 
 
 def test_several_captions_per_item_and_recall_summary():

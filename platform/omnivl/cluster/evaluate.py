@@ -329,8 +329,9 @@ def reranked_ranks(src, ctx: Context, emb: Embedded, reps: list[int], sim_VT: np
     def vt(q, g):
         return np.array([scores[(lid_of[v], t)] for v, t in zip(q, g)])
 
-    return {"text_to_visual": ranks(rerank(sim_VT.T, k, tv), truth_tv),
-            "visual_to_text": ranks(rerank(sim_VT, k, vt), truth_vt)}
+    add_sim = ctx.cfg.rerank_score == "match_plus_similarity"
+    return {"text_to_visual": ranks(rerank(sim_VT.T, k, tv, add_sim), truth_tv),
+            "visual_to_text": ranks(rerank(sim_VT, k, vt, add_sim), truth_vt)}
 
 
 def retrieval_table(kind: str, res: dict, n_items: int, n_texts: int, k: int, captions_per_item: float) -> dict:

@@ -29,6 +29,10 @@ class EvalConfig(Config):
     tasks: list[EvalTask] = Field(default_factory=lambda: ["retrieval"], min_length=1)
     rerank_k: int = Field(default=16, ge=0, description="re-rank the top-k contrastive candidates with the "
                           "matching head (0: contrastive ranking only)")
+    rerank_score: Literal["match_plus_similarity", "match"] = Field(
+        default="match_plus_similarity",
+        description="what orders the top-k: the matching probability plus the contrastive cosine similarity "
+        "(BLIP's evaluation), or the matching probability alone (ALBEF's)")
     batch_size: int = Field(default=32, ge=1)
     use_gpu: bool = False
     probe_train: dict[str, str] = Field(

@@ -71,25 +71,30 @@ def top_k_candidates(sim_QG: np.ndarray, k: int) -> np.ndarray:
     return np.argsort(-np.asarray(sim_QG, dtype=np.float64), axis=1, kind="stable")[:, :k]
 
 
-def rerank_scores(sim_QG: np.ndarray, candidates_QK: np.ndarray, match_QK: np.ndarray) -> np.ndarray:
-    """Scores whose ranking puts each query's candidates first, ordered by their match scores, and every other
-    item after them in contrastive order (BLIP's re-ranking of the top-k with the matching head)."""
+def rerank_scores(sim_QG: np.ndarray, candidates_QK: np.ndarray, match_QK: np.ndarray,
+                  add_similarity: bool = True) -> np.ndarray:
+    """Scores whose ranking puts each query's candidates first, ordered by their re-ranking score, and every
+    other item after them in contrastive order. The re-ranking score is the match score plus the contrastive
+    similarity (`add_similarity`, BLIP's evaluation) or the match score alone (ALBEF's)."""
     sim = np.asarray(sim_QG, dtype=np.float64)
     out = sim - sim.max() - 1.0  # every non-candidate below...
-    match = np.asarray(match_QK, dtype=np.float64)
-    lift = match - match.min() + 1.0  # ...every candidate (candidates > 0 > non-candidates)
+    score = np.asarray(match_QK, dtype=np.float64)
+    if add_similarity:
+        score = score + np.take_along_axis(sim, np.asarray(candidates_QK), axis=1)
+    lift = score - score.min() + 1.0  # ...every candidate (candidates > 0 > non-candidates)
     np.put_along_axis(out, np.asarray(candidates_QK), lift, axis=1)
     return out
 
 
-def rerank(sim_QG: np.ndarray, k: int, match_fn: MatchFn) -> np.ndarray:
-    """Re-ranked scores [Q, G]: top-k by `sim_QG`, re-scored by `match_fn` on the (query, item) pairs."""
+def rerank(sim_QG: np.ndarray, k: int, match_fn: MatchFn, add_similarity: bool = True) -> np.ndarray:
+    """Re-ranked scores [Q, G]: top-k by `sim_QG`, re-scored by `match_fn` on the (query, item) pairs (plus the
+    contrastive similarity when `add_similarity`)."""
     cand_QK = top_k_candidates(sim_QG, k)
     q_idx = np.repeat(np.arange(cand_QK.shape[0]), cand_QK.shape[1])
     scores = np.asarray(match_fn(q_idx, cand_QK.reshape(-1)), dtype=np.float64)
     if scores.shape != q_idx.shape:
         raise ValueError(f"match_fn returned {scores.shape} scores for {q_idx.shape[0]} pairs")
-    return rerank_scores(sim_QG, cand_QK, scores.reshape(cand_QK.shape))
+    return rerank_scores(sim_QG, cand_QK, scores.reshape(cand_QK.shape), add_similarity)
 
 
 def items_and_captions(item_keys: Sequence[str]) -> tuple[list[int], list[int]]:
