@@ -39,6 +39,7 @@ class Embedded:
     label_id_N: np.ndarray
     text_N: list[str]
     features_ND: np.ndarray | None = None
+    generated: dict[int, str] | None = None  # label_id -> caption, when captioning rode along on this pass
 
 
 @dataclass
@@ -109,8 +110,10 @@ def evaluate_source(src: SourceConfig, tasks: list[str], ctx: Context) -> dict:
              "figures": []}
     emb = None
     if any(t in ("retrieval", "zero_shot", "linear_probe") for t in tasks):
-        print(f"evaluate {src.name}: embedding with {ctx.export}", flush=True)
-        emb = embed_with_ray(src, ctx.decode, ctx.export, ctx.cfg.batch_size, ctx.cfg.use_gpu)
+        # Captions are generated in the same pass: the media are decoded and the model loaded once.
+        caption = ctx.cfg.captioning if "captioning" in tasks else None
+        print(f"evaluate {src.name}: embedding{' + captioning' if caption else ''} with {ctx.export}", flush=True)
+        emb = embed_with_ray(src, ctx.decode, ctx.export, ctx.cfg.batch_size, ctx.cfg.use_gpu, caption)
         entry["rows"] = len(emb.label_id_N)
     for task in tasks:
         print(f"evaluate {src.name}: {task}", flush=True)
@@ -140,10 +143,33 @@ class _ModelActor:
 
 
 class EmbedActor(_ModelActor):
-    """Turns decoded batches into embeddings and frozen features."""
+    """Turns decoded batches into embeddings and frozen features, and with `caption` settings also writes a
+    caption per row (column `generated`) from the same decoded pixels."""
+
+    def __init__(self, export: str, modality: str, device: str = "cpu", tokenizer: str | None = None,
+                 caption: dict | None = None) -> None:
+        super().__init__(export, modality, device)
+        self.caption = _Generator(tokenizer, caption) if caption is not None else None
 
     def __call__(self, batch: dict) -> dict:
-        return inference.embed_batch(self.model, batch, self.modality)
+        out = inference.embed_batch(self.model, batch, self.modality)
+        if self.caption is not None:
+            out["generated"] = self.caption(self.model, batch, self.modality, answer=False)["generated"]
+        return out
+
+
+class _Generator:
+    """A tokenizer and generation settings, applied to decoded batches."""
+
+    def __init__(self, tokenizer: str, settings: dict) -> None:
+        from omnivl.data.text import load_tokenizer
+        from omnivl.eval.config import GenerationSettings
+
+        self.tokenizer = load_tokenizer(tokenizer)
+        self.settings = GenerationSettings.model_validate(settings)
+
+    def __call__(self, model, batch: dict, modality: str, answer: bool) -> dict:
+        return inference.generate_batch(model, batch, modality, self.tokenizer, self.settings, answer)
 
 
 class MatchActor(_ModelActor):
@@ -161,15 +187,11 @@ class GenerateActor(_ModelActor):
     """Writes a caption, or the answer to the row's question, for every decoded row."""
 
     def __init__(self, export: str, modality: str, device: str, tokenizer: str, settings: dict, answer: bool) -> None:
-        from omnivl.data.text import load_tokenizer
-        from omnivl.eval.config import GenerationSettings
-
         super().__init__(export, modality, device)
-        self.tokenizer = load_tokenizer(tokenizer)
-        self.settings, self.answer = GenerationSettings.model_validate(settings), answer
+        self.generator, self.answer = _Generator(tokenizer, settings), answer
 
     def __call__(self, batch: dict) -> dict:
-        return inference.generate_batch(self.model, batch, self.modality, self.tokenizer, self.settings, self.answer)
+        return self.generator(self.model, batch, self.modality, self.answer)
 
 
 def _run_actor(src: SourceConfig, decode: DecodeConfig, actor, kwargs: dict, batch_size: int, use_gpu: bool):
@@ -186,8 +208,11 @@ def _run_actor(src: SourceConfig, decode: DecodeConfig, actor, kwargs: dict, bat
     return ds.iter_batches(batch_size=None, batch_format="numpy")
 
 
-def embed_with_ray(src: SourceConfig, decode: DecodeConfig, export: str, batch_size: int, use_gpu: bool) -> Embedded:
-    kwargs = {"export": export, "modality": src.modality, "device": "cuda" if use_gpu else "cpu"}
+def embed_with_ray(src: SourceConfig, decode: DecodeConfig, export: str, batch_size: int, use_gpu: bool,
+                   caption=None) -> Embedded:
+    """Embeddings of every decodable row of `src`; with `caption` (GenerationSettings) also its captions."""
+    kwargs = {"export": export, "modality": src.modality, "device": "cuda" if use_gpu else "cpu",
+              "tokenizer": decode.tokenizer, "caption": caption.to_dict() if caption is not None else None}
     return collect(_run_actor(src, decode, EmbedActor, kwargs, batch_size, use_gpu), src)
 
 
@@ -215,6 +240,8 @@ def collect(batches, src: SourceConfig | None = None) -> Embedded:
         np.concatenate([b["visual"] for b in parts]), np.concatenate([b["text_emb"] for b in parts]),
         np.concatenate([b["label_id"] for b in parts]), [str(t) for b in parts for t in b["text"]],
         np.concatenate([b["features"] for b in parts]) if "features" in parts[0] else None,
+        {int(l): str(g) for b in parts for l, g in zip(b["label_id"], b["generated"])}
+        if "generated" in parts[0] else None,
     )
 
 
@@ -427,7 +454,8 @@ def captioning(src: SourceConfig, ctx: Context, emb: Embedded | None) -> dict:
     from omnivl.data.text import clean_caption
     from omnivl.eval.captioning import scores_with_chance
 
-    generated = generate_with_ray(src, ctx, answer=False)
+    generated = emb.generated if emb is not None and emb.generated is not None else \
+        generate_with_ray(src, ctx, answer=False)
     refs: dict[str, list[str]] = {}
     hyps: dict[str, str] = {}
     for lid, row in _rows_by_label_id(src).items():
