@@ -249,7 +249,10 @@ def test_templates_and_ids():
     import hashlib
 
     digest = hashlib.blake2b(b"label:circle", digest_size=8).digest()
-    assert T.label_id_for_class("circle") == int.from_bytes(digest, "big") & (2**63 - 1)
+    assert T.label_id_for_class("circle") == (int.from_bytes(digest, "big") & (2**63 - 1)) | (1 << 62)
+    # Bit 62 tells the kinds apart (class ids set it, caption pair ids never do).
+    assert all(T.label_id_for_class(c) & T.CLASS_LABEL_BIT for c in ("circle", "square", "moving left"))
+    assert not any(T.label_id_for_pair("src", i) & T.CLASS_LABEL_BIT for i in range(50))
 
 
 def test_swap_left_right():

@@ -132,3 +132,50 @@ def test_caption_loss_ignores_padding_and_the_start_token():
     torch.testing.assert_close(loss, F.cross_entropy(chosen, targets, label_smoothing=0.1))
     loss.backward()
     assert logits.grad[1, 1:].abs().sum() == 0 and logits.grad[:, -1].abs().sum() == 0
+
+
+def test_ignore_cross_kind_equals_two_separate_contrastive_problems():
+    """With class_caption_pairs='ignore', a batch of caption items and class items gives, per row, the loss of its
+    own kind's sub-batch: computed independently here as two UniVLC losses (paper rule) on the halves."""
+    from omnivl.data.text import label_id_for_class, label_id_for_pair
+
+    v, t = _feats(B=7, seed=3)
+    captions = [label_id_for_pair("video_text", i) for i in range(3)]
+    classes = [label_id_for_class(c) for c in ("moving left", "moving right", "moving left", "moving up")]
+    labels = torch.tensor(captions + classes)
+    cap, cls = slice(0, 3), slice(3, 7)
+    paper = UniVLCLoss(embed_dim=8, queue_size=0, temp_init=0.1)
+    ignore = UniVLCLoss(embed_dim=8, queue_size=0, temp_init=0.1, cross_kind="ignore")
+    out = ignore(v, t, labels)
+    part_cap, part_cls = paper(v[cap], t[cap], labels[cap]), paper(v[cls], t[cls], labels[cls])
+    expected_v2t = (3 * part_cap.loss_v2t + 4 * part_cls.loss_v2t) / 7
+    torch.testing.assert_close(out.loss_v2t, expected_v2t)
+    torch.testing.assert_close(out.loss_t2v, (3 * part_cap.loss_t2v + 4 * part_cls.loss_t2v) / 7)
+    # The paper's rule differs on the same batch: the caption items are negatives of the class texts there.
+    assert not torch.allclose(paper(v, t, labels).loss, out.loss)
+
+
+def test_ignore_cross_kind_never_picks_a_hard_negative_of_the_other_kind():
+    from omnivl.data.text import label_id_for_class, label_id_for_pair
+    from omnivl.losses.univlc import comparable_pairs, is_class_label
+
+    labels = torch.tensor([label_id_for_pair("s", 0), label_id_for_pair("s", 1), label_id_for_class("a"),
+                           label_id_for_class("b"), label_id_for_class("a")])
+    assert is_class_label(labels).tolist() == [False, False, True, True, True]
+    sim = torch.zeros(5, 5)
+    sim[0, 2] = sim[2, 0] = sim[3, 1] = 100.0  # cross-kind pairs most similar: must never be picked
+    g = torch.Generator().manual_seed(0)
+    kinds = is_class_label(labels)
+    for _ in range(30):
+        neg = sample_hard_negatives(sim, labels, generator=g, comparable_BB=comparable_pairs(labels, labels, "ignore"))
+        assert (kinds[neg] == kinds).all() and (labels[neg] != labels).all()
+    # Under the paper's rule the cross-kind pairs are fair game (and, this similar, nearly always picked).
+    picked = sample_hard_negatives(sim, labels, generator=g)
+    assert picked[0] == 2
+
+
+def test_cross_kind_rejects_unknown_policy():
+    import pytest
+
+    with pytest.raises(ValueError, match="cross_kind"):
+        UniVLCLoss(embed_dim=8, queue_size=0, cross_kind="sometimes")

@@ -112,11 +112,16 @@ def stable_id(key: str) -> int:
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") & (2**63 - 1)
 
 
+# Bit 62 of a label id says what kind of label it is: set for a class of a label source, clear for a caption pair.
+# The contrastive and matching losses read it when told to leave (class item, caption item) pairs out.
+CLASS_LABEL_BIT = 1 << 62
+
+
 def label_id_for_class(class_name: str) -> int:
-    """Rows of the same class share an id (UniVLC treats them as positives of each other)."""
-    return stable_id(f"label:{class_name}")
+    """Rows of the same class share an id (UniVLC treats them as positives of each other); bit 62 set."""
+    return stable_id(f"label:{class_name}") | CLASS_LABEL_BIT
 
 
 def label_id_for_pair(source: str, row_index: int) -> int:
-    """Each caption pair is its own class."""
-    return stable_id(f"{source}:{row_index}")
+    """Each caption pair is its own class; bit 62 clear."""
+    return stable_id(f"{source}:{row_index}") & ~CLASS_LABEL_BIT

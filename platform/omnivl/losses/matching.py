@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnivl.losses.univlc import CrossKind, comparable_pairs
+
 MatchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -27,10 +29,13 @@ class MatchingOutput:
 
 
 def sample_hard_negatives(sim_BB: torch.Tensor, labels_B: torch.Tensor, temperature: float = 1.0,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
-    """For each row, a column index sampled from softmax(sim / temperature) over columns with a different label;
-    -1 for rows whose every column shares the label (no valid negative)."""
+                          generator: torch.Generator | None = None,
+                          comparable_BB: torch.Tensor | None = None) -> torch.Tensor:
+    """For each row, a column index sampled from softmax(sim / temperature) over columns with a different label
+    (and, given `comparable_BB`, only where it is True); -1 for rows without a valid negative."""
     allowed_BB = labels_B[:, None] != labels_B[None, :]
+    if comparable_BB is not None:
+        allowed_BB = allowed_BB & comparable_BB
     # The small floor keeps far-away negatives reachable and avoids an all-zero row from softmax underflow.
     weights_BB = (F.softmax(sim_BB.float() / temperature, dim=1) + 1e-4) * allowed_BB
     has_neg_B = allowed_BB.any(1)
@@ -46,12 +51,15 @@ class MatchingLoss(nn.Module):
 
     def forward(self, match_fn: MatchFn, visual_tokens_BSD: torch.Tensor, input_ids_BL: torch.Tensor,
                 attention_mask_BL: torch.Tensor, labels_B: torch.Tensor, sim_v2t_BB: torch.Tensor,
-                temperature: float = 1.0, generator: torch.Generator | None = None) -> MatchingOutput:
+                temperature: float = 1.0, generator: torch.Generator | None = None,
+                cross_kind: CrossKind = "negative") -> MatchingOutput:
         """`match_fn(visual_tokens, ids, mask) -> logits [P, 2]` (index 1 = match). `sim_v2t_BB` is the local
-        visual-to-text similarity (detached)."""
+        visual-to-text similarity (detached). `cross_kind` as in UniVLC: "ignore" never pairs a class item with a
+        caption item as a negative."""
         sim_v2t_BB = sim_v2t_BB.detach()
-        neg_text_B = sample_hard_negatives(sim_v2t_BB, labels_B, temperature, generator)
-        neg_visual_B = sample_hard_negatives(sim_v2t_BB.T, labels_B, temperature, generator)
+        comparable_BB = comparable_pairs(labels_B, labels_B, cross_kind)
+        neg_text_B = sample_hard_negatives(sim_v2t_BB, labels_B, temperature, generator, comparable_BB)
+        neg_visual_B = sample_hard_negatives(sim_v2t_BB.T, labels_B, temperature, generator, comparable_BB)
         has_nt, has_nv = neg_text_B >= 0, neg_visual_B >= 0
         rows = torch.arange(labels_B.shape[0], device=labels_B.device)
         visual_idx_P = torch.cat([rows, rows[has_nt], neg_visual_B[has_nv]])

@@ -7,17 +7,27 @@ Rows are this rank's online features; columns are the gathered online features o
 gradient) followed by the queued momentum features. Every column whose label equals the row's label is a
 positive (P(i) = {k : y_k = y_i}); the loss is the mean negative log-likelihood over the positives, averaged
 over visual->text and text->visual. With unique labels and an empty queue this is CLIP's InfoNCE.
+
+Class items vs caption items: the paper counts a caption item as a negative of every class item (and the other
+way round). That is nearly always right with ImageNet's 1000 classes, and often wrong with a handful of classes
+(a video captioned "a red circle moving left" is a negative of the class text "moving left"). With
+`cross_kind="ignore"` such pairs are left out of the softmax (and out of the matching head's hard negatives):
+class items contrast with class items, caption items with caption items. Label ids say their kind (bit 62, see
+`omnivl.data.text.CLASS_LABEL_BIT`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from omnivl.data.text import CLASS_LABEL_BIT
+
+CrossKind = Literal["negative", "ignore"]
 GatherFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -25,13 +35,32 @@ def identity_gather(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def multi_positive_nll(logits_BC: torch.Tensor, row_labels_B: torch.Tensor, col_labels_C: torch.Tensor) -> torch.Tensor:
+def is_class_label(labels: torch.Tensor) -> torch.Tensor:
+    """Bool per id: True for a class of a label source, False for a caption pair."""
+    return (labels & CLASS_LABEL_BIT) != 0
+
+
+def comparable_pairs(row_labels_B: torch.Tensor, col_labels_C: torch.Tensor, cross_kind: CrossKind) -> torch.Tensor | None:
+    """Bool [B, C]: the pairs whose relation the labels state (None: all of them, the paper's rule)."""
+    if cross_kind == "negative":
+        return None
+    if cross_kind != "ignore":
+        raise ValueError(f"cross_kind must be 'negative' or 'ignore', got {cross_kind!r}")
+    return is_class_label(row_labels_B)[:, None] == is_class_label(col_labels_C)[None, :]
+
+
+def multi_positive_nll(logits_BC: torch.Tensor, row_labels_B: torch.Tensor, col_labels_C: torch.Tensor,
+                       comparable_BC: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over rows of -sum_k p_ik log softmax(logits_i)_k with p_i uniform over the same-label columns.
+    Columns where `comparable_BC` is False are left out of the softmax.
     Rows without any positive column contribute nothing (cannot happen when a row's pair is a column)."""
+    if comparable_BC is not None:
+        logits_BC = logits_BC.float().masked_fill(~comparable_BC, float("-inf"))
     positive_BC = row_labels_B[:, None] == col_labels_C[None, :]
     counts_B = positive_BC.sum(1)
     targets_BC = positive_BC.float() / counts_B.clamp(min=1)[:, None]
-    nll_B = -(targets_BC * F.log_softmax(logits_BC.float(), dim=-1)).sum(1)
+    # where() rather than a product: a left-out column has log-probability -inf and target 0.
+    nll_B = -torch.where(positive_BC, targets_BC * F.log_softmax(logits_BC.float(), dim=-1), 0.0).sum(1)
     has_pos_B = counts_B > 0
     return (nll_B * has_pos_B).sum() / has_pos_B.sum().clamp(min=1)
 
@@ -88,12 +117,15 @@ class UniVLCLoss(nn.Module):
     """Owns the learnable temperature (clamped to [temp_min, temp_max]) and the memory queues.
 
     `queue_keys` names the banks: ("shared",) when image and video share one, ("image", "video") otherwise.
-    `gather_fn` concatenates a tensor's rows over ranks keeping gradients (identity on one process)."""
+    `gather_fn` concatenates a tensor's rows over ranks keeping gradients (identity on one process).
+    `cross_kind` says what a (class item, caption item) pair is: a negative (the paper) or left out."""
 
     def __init__(self, embed_dim: int, queue_size: int, queue_keys: tuple[str, ...] = ("shared",),
                  temp_init: float = 0.07, temp_min: float = 0.001, temp_max: float = 0.5,
-                 gather_fn: GatherFn = identity_gather) -> None:
+                 gather_fn: GatherFn = identity_gather, cross_kind: CrossKind = "negative") -> None:
         super().__init__()
+        comparable_pairs(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), cross_kind)  # validates
+        self.cross_kind = cross_kind
         self.temp = nn.Parameter(torch.tensor(float(temp_init)))
         self.temp_min, self.temp_max = temp_min, temp_max
         self.queues = nn.ModuleDict({k: MemoryQueue(queue_size, embed_dim) for k in queue_keys})
@@ -112,8 +144,9 @@ class UniVLCLoss(nn.Module):
         col_labels_C = torch.cat([labels_G, q_labels])
         logits_v2t_BC = visual_BE @ torch.cat([text_GE, q_text]).T / self.temp
         logits_t2v_BC = text_BE @ torch.cat([visual_GE, q_visual]).T / self.temp
-        loss_v2t = multi_positive_nll(logits_v2t_BC, labels_B, col_labels_C)
-        loss_t2v = multi_positive_nll(logits_t2v_BC, labels_B, col_labels_C)
+        comparable_BC = comparable_pairs(labels_B, col_labels_C, self.cross_kind)
+        loss_v2t = multi_positive_nll(logits_v2t_BC, labels_B, col_labels_C, comparable_BC)
+        loss_t2v = multi_positive_nll(logits_t2v_BC, labels_B, col_labels_C, comparable_BC)
         if enqueue and queue is not None:
             self._enqueue(queue, visual_m_BE, text_m_BE, labels_B)
         fill = queue.fill_fraction() if queue is not None else 0.0

@@ -46,6 +46,11 @@ class ModelConfig(Config):
     share_queues: bool = Field(
         default=True, description="image and video features share one memory bank (False: one bank per modality)"
     )
+    class_caption_pairs: Literal["negative", "ignore"] = Field(
+        default="negative",
+        description="UniVLC/matching: a pair of a class-labelled item and a caption item is a negative (the paper) "
+        "or is left out ('ignore'; for label sets so small that captions often describe one of their classes)",
+    )
     momentum: float = Field(default=0.995, ge=0, le=1, description="EMA coefficient of the momentum encoders")
     temp_init: float = Field(default=0.07, gt=0, description="initial contrastive temperature (learnable)")
     temp_min: float = Field(default=0.001, gt=0)
