@@ -40,7 +40,9 @@ class ModelConfig(Config):
     num_frames: int | None = Field(default=None, ge=1, description="override the size's frames per video")
     grad_checkpointing: bool = False
     init: InitConfig = InitConfig()
-    tubelet: int = Field(default=1, ge=1, description="frames per 3D patch of the video tokenizer")
+    tubelet: int | None = Field(
+        default=None, ge=1, description="frames per 3D patch of the video tokenizer; None: the size's (tiny 2, "
+        "small/base 1)")
     embed_dim: int | None = Field(default=None, ge=8, description="shared contrastive space; None: the size's")
     queue_size: int | None = Field(default=None, ge=0, description="UniVLC memory bank entries; None: the size's")
     share_queues: bool = Field(
