@@ -85,12 +85,26 @@ def test_identical_frames_encode_like_the_image_at_init(tubelet):
     assert video_out.tokens_BSD.shape == (2, 1 + (4 // tubelet) * 16, 192)
 
 
+def test_frame_order_is_visible_at_init_only_through_the_tubelet():
+    """Mean inflation alone would make a video and its time reversal encode identically (no gradient could then
+    learn motion direction); the zero-sum temporal part of the 3D tokenizer breaks that from the start."""
+    video = torch.randn(2, 4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        one = VisualEncoder(resolve_arch(ModelConfig(tubelet=1)).visual).eval()
+        torch.testing.assert_close(one(video).cls_BD, one(video.flip(1)).cls_BD, atol=1e-5, rtol=1e-5)
+        two = VisualEncoder(resolve_arch(ModelConfig(tubelet=2)).visual).eval()
+        assert (two(video).cls_BD - two(video.flip(1)).cls_BD).abs().max() > 1e-3
+        w = two.patch_embed3d.proj.weight
+        torch.testing.assert_close(w.sum(dim=2), two.patch_embed.proj.weight, atol=1e-6, rtol=1e-5)
+
+
 def test_frame_order_matters_once_the_temporal_path_is_trained():
-    enc = VisualEncoder(resolve_arch(ModelConfig()).visual).eval()
+    enc = VisualEncoder(resolve_arch(ModelConfig(tubelet=1)).visual).eval()
     video = torch.randn(2, 4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     reversed_video = video.flip(1)
     with torch.no_grad():
-        # At init, temporal attention is an identity and the [CLS] averages frames: order is invisible.
+        # At init with one frame per token, temporal attention is an identity and the [CLS] averages frames:
+        # order is invisible.
         torch.testing.assert_close(enc(video).cls_BD, enc(reversed_video).cls_BD, atol=1e-5, rtol=1e-5)
         for _, p in enc.temporal_parameters():
             p.add_(0.05 * torch.randn_like(p))

@@ -154,11 +154,18 @@ class VisualEncoder(nn.Module):
     @torch.no_grad()
     def init_temporal_from_spatial(self) -> list[str]:
         """Derive the video-only weights from the (possibly just loaded) image weights so a video of identical
-        frames encodes exactly like the image: inflated 3D tokenizer, zero temporal embedding, temporal attention
-        copied from spatial attention with a zero output projection (TimeSformer's init). Returns the keys set."""
+        frames encodes exactly like the image: inflated 3D tokenizer (mean over the tubelet plus a random
+        zero-sum temporal part), zero temporal embedding, temporal attention copied from spatial attention with a
+        zero output projection (TimeSformer's init). Returns the keys set."""
         t = self.arch.tubelet
         w2d = self.patch_embed.proj.weight
-        self.patch_embed3d.proj.weight.copy_(w2d[:, :, None].expand(-1, -1, t, -1, -1) / t)
+        # Mean inflation alone makes the whole video path invariant to reversing time (temporal attention is
+        # permutation-equivariant and the time embedding starts at zero), so "moving left" and "moving right"
+        # encode identically and no loss gradient can tell them apart. A random temporal component that sums to
+        # zero over the tubelet breaks that symmetry and leaves identical frames encoding like the image.
+        motion = torch.randn_like(self.patch_embed3d.proj.weight) * w2d.std()
+        motion -= motion.mean(dim=2, keepdim=True)
+        self.patch_embed3d.proj.weight.copy_(w2d[:, :, None].expand(-1, -1, t, -1, -1) / t + motion)
         self.patch_embed3d.proj.bias.copy_(self.patch_embed.proj.bias)
         self.time_embed.zero_()
         for blk in self.blocks:
