@@ -17,7 +17,7 @@ COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 60, 230), 
            "white": (250, 250, 250), "purple": (150, 40, 200)}
 SHAPES = ("square", "bar", "cross", "dot")
 SIZE = 32
-MAX_STEPS = 150
+MAX_STEPS = 300
 WARMUP = 15
 
 
@@ -65,7 +65,9 @@ def test_tiny_model_overfits_synthetic_pairs():
     # No queue here: from a random init every feature is nearly the same vector, and stale queued positives
     # that equal the queued negatives pull features together (queue behaviour is tested on its own).
     task = build_task(ModelConfig(image_size=SIZE, queue_size=0)).train()
-    opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-3, weight_decay=0.0)
+    # lr 5e-4: at 1e-3 some random inits stall at 0.67-0.9 recall (seeds 0-2 with the tubelet-2 tiny, and seed 1
+    # before it); at 5e-4 seeds 0, 1 and 2 all reach 1.0 within 300 steps.
+    opt = torch.optim.AdamW(task.trainable_parameters(), lr=5e-4, weight_decay=0.0)
     # Post-LN BERT layers need the usual warm-up; without it Adam collapses the features at this rate.
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / WARMUP))
     history = []
