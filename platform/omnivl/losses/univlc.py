@@ -10,7 +10,7 @@ over visual->text and text->visual. With unique labels and an empty queue this i
 
 Class items vs caption items: the paper counts a caption item as a negative of every class item (and the other
 way round). That is nearly always right with ImageNet's 1000 classes, and often wrong with a handful of classes
-(a video captioned "a red circle moving left" is a negative of the class text "moving left"). With
+(a video captioned "a red circle moving left" becomes a negative of the class text "moving left"). With
 `cross_kind="ignore"` such pairs are left out of the softmax (and out of the matching head's hard negatives):
 class items contrast with class items, caption items with caption items. Label ids say their kind (bit 62, see
 `omnivl.data.text.CLASS_LABEL_BIT`).
