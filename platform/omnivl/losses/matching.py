@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from omnivl.losses.univlc import CrossKind, comparable_pairs
+from omnivl.losses.univlc import CrossKind, check_cross_kind, comparable_pairs
 
 MatchFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -47,17 +47,21 @@ def sample_hard_negatives(sim_BB: torch.Tensor, labels_B: torch.Tensor, temperat
 
 
 class MatchingLoss(nn.Module):
-    """Cross-entropy of the 2-way matching head on positives, hard-negative texts and hard-negative visuals."""
+    """Cross-entropy of the 2-way matching head on positives, hard-negative texts and hard-negative visuals.
+    `cross_kind` as in UniVLC: "ignore" never pairs a class item with a caption item as a negative."""
+
+    def __init__(self, cross_kind: CrossKind = "negative") -> None:
+        super().__init__()
+        check_cross_kind(cross_kind)
+        self.cross_kind = cross_kind
 
     def forward(self, match_fn: MatchFn, visual_tokens_BSD: torch.Tensor, input_ids_BL: torch.Tensor,
                 attention_mask_BL: torch.Tensor, labels_B: torch.Tensor, sim_v2t_BB: torch.Tensor,
-                temperature: float = 1.0, generator: torch.Generator | None = None,
-                cross_kind: CrossKind = "negative") -> MatchingOutput:
+                temperature: float = 1.0, generator: torch.Generator | None = None) -> MatchingOutput:
         """`match_fn(visual_tokens, ids, mask) -> logits [P, 2]` (index 1 = match). `sim_v2t_BB` is the local
-        visual-to-text similarity (detached). `cross_kind` as in UniVLC: "ignore" never pairs a class item with a
-        caption item as a negative."""
+        visual-to-text similarity (detached)."""
         sim_v2t_BB = sim_v2t_BB.detach()
-        comparable_BB = comparable_pairs(labels_B, labels_B, cross_kind)
+        comparable_BB = comparable_pairs(labels_B, labels_B, self.cross_kind)
         neg_text_B = sample_hard_negatives(sim_v2t_BB, labels_B, temperature, generator, comparable_BB)
         neg_visual_B = sample_hard_negatives(sim_v2t_BB.T, labels_B, temperature, generator, comparable_BB)
         has_nt, has_nv = neg_text_B >= 0, neg_visual_B >= 0

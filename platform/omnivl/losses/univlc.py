@@ -40,12 +40,17 @@ def is_class_label(labels: torch.Tensor) -> torch.Tensor:
     return (labels & CLASS_LABEL_BIT) != 0
 
 
-def comparable_pairs(row_labels_B: torch.Tensor, col_labels_C: torch.Tensor, cross_kind: CrossKind) -> torch.Tensor | None:
+def check_cross_kind(cross_kind: str) -> None:
+    if cross_kind not in ("negative", "ignore"):
+        raise ValueError(f"cross_kind must be 'negative' or 'ignore', got {cross_kind!r}")
+
+
+def comparable_pairs(row_labels_B: torch.Tensor, col_labels_C: torch.Tensor,
+                     cross_kind: CrossKind) -> torch.Tensor | None:
     """Bool [B, C]: the pairs whose relation the labels state (None: all of them, the paper's rule)."""
+    check_cross_kind(cross_kind)
     if cross_kind == "negative":
         return None
-    if cross_kind != "ignore":
-        raise ValueError(f"cross_kind must be 'negative' or 'ignore', got {cross_kind!r}")
     return is_class_label(row_labels_B)[:, None] == is_class_label(col_labels_C)[None, :]
 
 
@@ -124,7 +129,7 @@ class UniVLCLoss(nn.Module):
                  temp_init: float = 0.07, temp_min: float = 0.001, temp_max: float = 0.5,
                  gather_fn: GatherFn = identity_gather, cross_kind: CrossKind = "negative") -> None:
         super().__init__()
-        comparable_pairs(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long), cross_kind)  # validates
+        check_cross_kind(cross_kind)
         self.cross_kind = cross_kind
         self.temp = nn.Parameter(torch.tensor(float(temp_init)))
         self.temp_min, self.temp_max = temp_min, temp_max

@@ -154,8 +154,7 @@ class PretrainTask(nn.Module):
         if self.loss_weights["vlm"] == 0:
             return tokens_BSD.new_zeros(()), float("nan")
         sim_BB = (v_BE @ t_BE.T).detach() / self.vlc.temp.detach()
-        out = self.vlm(self.model.match_logits, tokens_BSD, ids_BL, mask_BL, labels_B, sim_BB,
-                       cross_kind=self.vlc.cross_kind)
+        out = self.vlm(self.model.match_logits, tokens_BSD, ids_BL, mask_BL, labels_B, sim_BB)
         return out.loss, out.accuracy
 
     def _lm(self, tokens_BSD, ids_BL, mask_BL, prompt_len_B=None):
@@ -187,5 +186,5 @@ def task_for(model: OmniVL, arch: OmniVLArch, cfg: ModelConfig, weights=None,
     keys = ("shared",) if cfg.share_queues else ("image", "video")
     vlc = UniVLCLoss(arch.embed_dim, arch.queue_size, keys, cfg.temp_init, cfg.temp_min, cfg.temp_max, gather_fn,
                      cross_kind=cfg.class_caption_pairs)
-    return PretrainTask(model, vlc, MatchingLoss(), CaptionLoss(cfg.label_smoothing), weights,
+    return PretrainTask(model, vlc, MatchingLoss(cfg.class_caption_pairs), CaptionLoss(cfg.label_smoothing), weights,
                         momentum=cfg.momentum, share_queues=cfg.share_queues)
