@@ -136,3 +136,27 @@ def test_same_label_samples_are_never_hard_negatives_of_each_other():
     task = _task().train()
     out = task(_batch(B=4, labels=torch.tensor([3, 3, 3, 3])), "image")
     assert torch.isfinite(out.loss)  # no valid negatives: only positives are scored
+
+
+def test_lm_learns_from_captions_not_class_prompts_unless_told():
+    """By default class-label rows (bit 62 of the label id) take no part in the LM loss: it equals the loss of
+    the caption rows alone, and a batch of class rows only has LM loss 0. With `lm_on_class_labels` every row
+    counts."""
+    from omnivl.data.text import label_id_for_class, label_id_for_pair
+
+    labels = torch.tensor([label_id_for_pair("cap", 0), label_id_for_class("circle"),
+                           label_id_for_pair("cap", 1), label_id_for_class("square")])
+    batch = _batch(B=4, labels=labels)
+    captions = {k: v[[0, 2]] for k, v in batch.items()}
+    classes = {k: v[[1, 3]] for k, v in batch.items()}
+    lm_only = {"vlc": 0.0, "vlm": 0.0, "lm": 1.0}
+    task = _task().eval()
+    task.set_loss_weights(lm_only)
+    torch.testing.assert_close(task(batch, "image").losses["lm"], task(captions, "image").losses["lm"])
+    assert task(classes, "image").losses["lm"].item() == 0.0
+
+    every_row = _task(lm_on_class_labels=True).eval()
+    every_row.set_loss_weights(lm_only)
+    all_rows, caption_rows = every_row(batch, "image").losses["lm"], every_row(captions, "image").losses["lm"]
+    assert every_row(classes, "image").losses["lm"].item() > 1.0
+    assert not torch.allclose(all_rows, caption_rows)

@@ -53,6 +53,11 @@ class ModelConfig(Config):
         description="UniVLC/matching: a pair of a class-labelled item and a caption item is a negative (the paper) "
         "or is left out ('ignore'; for label sets so small that captions often describe one of their classes)",
     )
+    lm_on_class_labels: bool = Field(
+        default=False,
+        description="train the generation decoder (LM loss) on class-label rows too; by default it learns from captions "
+        "and QA answers only, since a class-name prompt ('a photo of a circle.') is not a caption of the item",
+    )
     momentum: float = Field(default=0.995, ge=0, le=1, description="EMA coefficient of the momentum encoders")
     temp_init: float = Field(default=0.07, gt=0, description="initial contrastive temperature (learnable)")
     temp_min: float = Field(default=0.001, gt=0)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from omnivl.losses import CaptionLoss, GatherFn, MatchingLoss, UniVLCLoss, identity_gather
+from omnivl.losses.univlc import is_class_label
 from omnivl.models.config import ModelConfig
 from omnivl.models.omnivl import OmniVL, build_model
 from omnivl.models.sizes import OmniVLArch
@@ -85,8 +86,10 @@ class PretrainTask(nn.Module):
 
     def __init__(self, model: OmniVL, vlc: UniVLCLoss, vlm: MatchingLoss, lm: CaptionLoss,
                  weights: Mapping[str, float] | Any | None = None, momentum: float = 0.995,
-                 share_queues: bool = True, momentum_in_forward: bool = True) -> None:
+                 share_queues: bool = True, momentum_in_forward: bool = True,
+                 lm_on_class_labels: bool = False) -> None:
         super().__init__()
+        self.lm_on_class_labels = lm_on_class_labels
         self.model = model
         self.momentum_encoders = MomentumEncoders(model)
         self.vlc, self.vlm, self.lm = vlc, vlm, lm
@@ -133,7 +136,7 @@ class PretrainTask(nn.Module):
             losses, metrics = {"vlc": zero, "vlm": zero}, {}
         else:
             losses, metrics = self._align(x, vis, ids_BL, mask_BL, labels_B, modality)
-        losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL, batch.get("prompt_len"))
+        losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL, labels_B, batch.get("prompt_len"))
         total = sum(self.loss_weights[k] * losses[k] for k in LOSS_NAMES)
         return TaskOutput(loss=total, losses=losses, metrics=metrics)
 
@@ -157,11 +160,19 @@ class PretrainTask(nn.Module):
         out = self.vlm(self.model.match_logits, tokens_BSD, ids_BL, mask_BL, labels_B, sim_BB)
         return out.loss, out.accuracy
 
-    def _lm(self, tokens_BSD, ids_BL, mask_BL, prompt_len_B=None):
+    def _lm(self, tokens_BSD, ids_BL, mask_BL, labels_B, prompt_len_B=None):
         if self.loss_weights["lm"] == 0:
             return tokens_BSD.new_zeros(())
         if prompt_len_B is not None:
             prompt_len_B = prompt_len_B.to(ids_BL.device, torch.long)
+        if not self.lm_on_class_labels:
+            # the captioner learns from captions (and QA answers), not from class-name prompts
+            keep_B = ~is_class_label(labels_B)
+            if not bool(keep_B.any()):
+                return tokens_BSD.new_zeros(())
+            if not bool(keep_B.all()):
+                tokens_BSD, ids_BL, mask_BL = tokens_BSD[keep_B], ids_BL[keep_B], mask_BL[keep_B]
+                prompt_len_B = None if prompt_len_B is None else prompt_len_B[keep_B]
         return self.lm(self.model.lm_logits(tokens_BSD, ids_BL, mask_BL), ids_BL, mask_BL, prompt_len_B)
 
     def _read(self, batch: Mapping[str, torch.Tensor], modality: Modality):
@@ -187,4 +198,5 @@ def task_for(model: OmniVL, arch: OmniVLArch, cfg: ModelConfig, weights=None,
     vlc = UniVLCLoss(arch.embed_dim, arch.queue_size, keys, cfg.temp_init, cfg.temp_min, cfg.temp_max, gather_fn,
                      cross_kind=cfg.class_caption_pairs)
     return PretrainTask(model, vlc, MatchingLoss(cfg.class_caption_pairs), CaptionLoss(cfg.label_smoothing), weights,
-                        momentum=cfg.momentum, share_queues=cfg.share_queues)
+                        momentum=cfg.momentum, share_queues=cfg.share_queues,
+                        lm_on_class_labels=cfg.lm_on_class_labels)
