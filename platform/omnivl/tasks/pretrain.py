@@ -80,7 +80,9 @@ class PretrainTask(nn.Module):
     In training mode the forward first moves the momentum encoders one EMA step towards the online ones (as BLIP
     does, so a train loop needs no extra call) and enqueues this batch's momentum features after computing the
     contrastive loss. Set `momentum_in_forward=False` to call `momentum_update()` yourself (e.g. once per
-    optimizer step under gradient accumulation). Objectives with weight 0 are skipped (reported as 0)."""
+    optimizer step under gradient accumulation). Objectives with weight 0 are skipped (reported as 0). The LM
+    loss leaves out rows of class-label sources (bit 62 of `label_id`) unless `lm_on_class_labels`; a batch of
+    such rows only has LM loss 0."""
 
     batch_keys = BATCH_KEYS
 
