@@ -55,8 +55,8 @@ class ModelConfig(Config):
     )
     lm_on_class_labels: bool = Field(
         default=False,
-        description="train the generation decoder (LM loss) on class-label rows too; by default it learns from captions "
-        "and QA answers only, since a class-name prompt ('a photo of a circle.') is not a caption of the item",
+        description="train the generation decoder (LM loss) on class-label rows too; by default it learns from "
+        "captions and QA answers only, since a class-name prompt ('a photo of a circle.') is not a caption of the item",
     )
     momentum: float = Field(default=0.995, ge=0, le=1, description="EMA coefficient of the momentum encoders")
     temp_init: float = Field(default=0.07, gt=0, description="initial contrastive temperature (learnable)")
