@@ -53,6 +53,8 @@ def test_good_spec_loads_with_defaults():
         (["scaling.num_workers=[4, 2]"], ["scaling.num_workers: must be >= 0 or a [min, max] range"]),
         (["data.decode.max_bad_fraction=1.5"], ["data.decode.max_bad_fraction: must be <= 1.0, got 1.5"]),
         (["data.sources[0].templates=['no slot']"], ["data.sources[0]: template 'no slot' has no '{}' slot"]),
+        # the supervised warm-up classifies class names: a stage of captions only has none
+        (["stages[0].loss_weights.cls=1.0"], ["stages[0].loss_weights.cls: is 1.0 but stage 'image' has no label source"]),
     ],
 )
 def test_broken_spec_messages(overrides, expected):

@@ -29,7 +29,8 @@ def _task(**cfg) -> PretrainTask:
 def test_forward_returns_named_losses_and_metrics():
     task = _task().train()
     out = task(_batch(), "image")
-    assert isinstance(out, TaskOutput) and set(out.losses) == {"vlc", "vlm", "lm"}
+    assert isinstance(out, TaskOutput) and set(out.losses) == {"vlc", "vlm", "lm", "cls"}
+    assert out.losses["cls"].item() == 0.0  # the supervised warm-up is off unless a stage weights it
     assert {"temperature", "queue_fill", "vlm_accuracy"} <= set(out.metrics)
     torch.testing.assert_close(out.loss, sum(out.losses.values()))
     out.loss.backward()
@@ -160,3 +161,55 @@ def test_lm_learns_from_captions_not_class_prompts_unless_told():
     all_rows, caption_rows = every_row(batch, "image").losses["lm"], every_row(captions, "image").losses["lm"]
     assert every_row(classes, "image").losses["lm"].item() > 1.0
     assert not torch.allclose(all_rows, caption_rows)
+
+
+def _class_task(classes=("circle", "square")) -> PretrainTask:
+    torch.manual_seed(0)
+    return build_task(ModelConfig(queue_size=0), {"vlc": 0.0, "vlm": 0.0, "lm": 0.0, "cls": 1.0},
+                      load_pretrained=False, classes=list(classes))
+
+
+def test_cls_warm_up_scores_labelled_rows_only_and_learns():
+    """The supervised warm-up: cross-entropy of the head over the stage's classes, on the rows whose id is one of
+    them (caption rows and other classes are left out). A few steps separate two classes of flat images."""
+    from omnivl.data.text import label_id_for_class, label_id_for_pair
+
+    circle, square = label_id_for_class("circle"), label_id_for_class("square")
+    labels = torch.tensor([circle, label_id_for_pair("cap", 0), square, label_id_for_class("triangle")])
+    task = _class_task().train()
+    batch = _batch(B=4, labels=labels)
+    out = task(batch, "image")
+    kept = {k: v[[0, 2]] for k, v in batch.items()}
+    torch.testing.assert_close(out.losses["cls"], task(kept, "image").losses["cls"])
+    assert out.losses["vlc"].item() == out.losses["vlm"].item() == out.losses["lm"].item() == 0.0
+    torch.testing.assert_close(out.loss, out.losses["cls"])
+    assert 0.0 <= out.metrics["cls_accuracy"] <= 1.0
+
+    # no labelled row: loss 0, and the head still takes part in backward (DDP needs every rank's gradient)
+    none = task(_batch(B=2, labels=torch.tensor([label_id_for_pair("cap", 1), label_id_for_pair("cap", 2)])), "image")
+    assert none.losses["cls"].item() == 0.0 and "cls_accuracy" not in none.metrics
+    none.loss.backward()
+    assert task.classifier.weight.grad is not None
+
+    # it learns: dark images are circles, bright ones squares
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(16) % 2
+    pixels = (40 + 160 * y[:, None, None, None] + torch.randint(0, 30, (16, 3, 64, 64), generator=g)).to(torch.uint8)
+    train = {**_batch(B=16), "pixels": pixels, "label_id": torch.where(y == 0, circle, square)}
+    opt = torch.optim.AdamW(task.trainable_parameters(), lr=1e-3)
+    first = task(train, "image").losses["cls"].item()
+    for _ in range(15):
+        opt.zero_grad()
+        task(train, "image").loss.backward()
+        opt.step()
+    last = task(train, "image")
+    assert last.losses["cls"].item() < 0.5 * first and last.metrics["cls_accuracy"] == 1.0
+
+
+def test_cls_weight_needs_classes_and_head_stays_out_of_the_model():
+    task = _task()
+    with pytest.raises(ValueError, match="classes"):
+        task.set_loss_weights({"cls": 1.0})
+    warm = _class_task()
+    assert any(k.startswith("classifier.") for k in warm.state_dict())
+    assert not any("classifier" in k for k in warm.model.state_dict())  # exports save the model only

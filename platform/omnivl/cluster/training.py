@@ -211,7 +211,7 @@ def write_export(job: TrainingJob, run_dir: str) -> str:
     if storage.exists(marker) and storage.read_text(marker) == ref.uri:
         return uri
     task = build_task(job.model, load_pretrained=False)
-    task.load_state_dict(ck.load(ref)["task"])
+    load_task_state(task, ck.load(ref)["task"], with_head=False)
     save_export(task.model, job.model, uri)
     storage.write_text(marker, ref.uri)  # last: names the checkpoint this export was made from
     return uri
@@ -290,15 +290,49 @@ def initial_task(job: TrainingJob, index: int, state: dict | None, init_export: 
     from omnivl.tasks import build_task
 
     torch.manual_seed(job.seed)  # identical initial weights on every rank
-    task = build_task(job.model, weights=job.loss_weights(index), gather_fn=gather_fn(world),
-                      load_pretrained=state is None and not init_export)
+    weights = job.loss_weights(index)
+    task = build_task(job.model, weights=weights, gather_fn=gather_fn(world),
+                      load_pretrained=state is None and not init_export,
+                      classes=stage_classes(job, index) if weights.get("cls", 0) > 0 else None)
     if state is not None:
-        task.load_state_dict(state["task"])
+        # the `cls` warm-up head belongs to its stage: resuming keeps it, the next stage starts without it
+        load_task_state(task, state["task"], with_head=state.get("stage_index") == index)
     elif init_export:
         from omnivl.models.export import load_export
 
         task.start_from(load_export(init_export).state_dict())
     return task
+
+
+def stage_classes(job: TrainingJob, index: int) -> list[str]:
+    """The class names of stage `index`'s label sources, as the data plane makes their ids (whitespace
+    collapsed, and with left/right swapped, since a horizontal flip swaps them), sorted."""
+    from omnivl.cluster.data_pipeline import read_rows
+    from omnivl.data.text import swap_left_right
+
+    by_name = {s.name: s for s in job.data.sources}
+    label_sources = [by_name[n] for n in job.stages[index].sources if by_name[n].kind == "label"]
+    names = set()
+    for modality in {s.modality for s in label_sources}:
+        for row in read_rows(label_sources, modality, train=False, seed=0):
+            name = " ".join(row.label.split())
+            if name:
+                names.update((name, swap_left_right(name)))
+    if not names:
+        raise ValueError(f"stage {job.stages[index].name!r}: loss weight cls > 0 but its label sources have no labels")
+    return sorted(names)
+
+
+def load_task_state(task, state: dict, with_head: bool) -> None:
+    """Load a task state dict; the `cls` warm-up head (`classifier.*`) only `with_head` (resuming its stage).
+    Raises RuntimeError on any other missing or unexpected key, as a strict load would."""
+    head = "classifier."
+    if not with_head:
+        state = {k: v for k, v in state.items() if not k.startswith(head)}
+    result = task.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not (k.startswith(head) and not with_head)]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"checkpoint does not fit the task: missing {missing}, unexpected {result.unexpected_keys}")
 
 
 def open_stream_fn(micro: dict[str, int], seed: int, start_step: int):

@@ -102,7 +102,8 @@ class SynthConfig(Config):
     video_frames: int = Field(default=16, ge=2)
     fps: int = Field(default=8, ge=1)
     image_text: int = Field(default=600, ge=0, description="number of image-caption pairs")
-    image_label: int = Field(default=300, ge=0)
+    image_label: int = Field(default=1200, ge=0, description="images labelled with their shape (the tiny recipe's "
+                             "supervised warm-up trains on them; zero-shot and linear probe score them)")
     video_text: int = Field(default=300, ge=0)
     video_label: int = Field(default=200, ge=0)
     image_qa: int = Field(default=600, ge=0, description="image question/answer pairs (colour, shape, size, "

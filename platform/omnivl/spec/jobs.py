@@ -68,6 +68,9 @@ class TrainingJob(JobSpec):
         for i, stage in enumerate(self.stages):
             issues += _unknown_sources(f"stages[{i}].sources", stage.sources, by_name)
             modalities = {by_name[s].modality for s in stage.sources if s in by_name}
+            if stage.loss_weights.cls > 0 and not any(by_name[s].kind == "label" for s in stage.sources if s in by_name):
+                issues.append(SpecIssue(f"stages[{i}].loss_weights.cls", f"is {stage.loss_weights.cls} but stage "
+                                        f"{stage.name!r} has no label source (it classifies their class names)"))
             for modality in ("image", "video"):
                 bs = getattr(stage.batch_size, modality)
                 if bs > 0 and modality not in modalities:

@@ -28,12 +28,12 @@ from omnivl.models.sizes import OmniVLArch
 
 Modality = Literal["image", "video"]
 BATCH_KEYS = ("pixels", "input_ids", "attention_mask", "label_id")
-LOSS_NAMES = ("vlc", "vlm", "lm")
+LOSS_NAMES = ("vlc", "vlm", "lm", "cls")
 
 
 @dataclass
 class TaskOutput:
-    """`loss`: the weighted sum to backpropagate; `losses`: each objective (unweighted, 'vlc', 'vlm', 'lm');
+    """`loss`: the weighted sum to backpropagate; `losses`: each objective (unweighted, 'vlc', 'vlm', 'lm', 'cls');
     `metrics`: floats for logging (temperature, queue_fill, vlm_accuracy, ...)."""
 
     loss: torch.Tensor
@@ -82,17 +82,31 @@ class PretrainTask(nn.Module):
     contrastive loss. Set `momentum_in_forward=False` to call `momentum_update()` yourself (e.g. once per
     optimizer step under gradient accumulation). Objectives with weight 0 are skipped (reported as 0). The LM
     loss leaves out rows of class-label sources (bit 62 of `label_id`) unless `lm_on_class_labels`; a batch of
-    such rows only has LM loss 0."""
+    such rows only has LM loss 0.
+
+    `cls` is a supervised warm-up, not an OmniVL objective: cross-entropy of a linear head on the visual [CLS]
+    feature over `classes` (class names of label sources; rows of other ids are left out). It stands in for the
+    supervised ImageNet initialization the paper starts from, for runs that start from random weights: there
+    the text encoder maps every class prompt to nearly the same feature, so UniVLC on label data alone sits at
+    log(batch) and the visual side never learns classes that the mean of its patches does not show (shape).
+    The head belongs to the task, not to the model: exports and the next stage leave it out."""
 
     batch_keys = BATCH_KEYS
 
     def __init__(self, model: OmniVL, vlc: UniVLCLoss, vlm: MatchingLoss, lm: CaptionLoss,
                  weights: Mapping[str, float] | Any | None = None, momentum: float = 0.995,
                  share_queues: bool = True, momentum_in_forward: bool = True,
-                 lm_on_class_labels: bool = False) -> None:
+                 lm_on_class_labels: bool = False, classes: list[str] | None = None) -> None:
         super().__init__()
         self.lm_on_class_labels = lm_on_class_labels
         self.model = model
+        self.classes = list(classes or [])
+        self.classifier = nn.Linear(model.visual.width, len(self.classes)) if self.classes else None
+        if self.classifier is not None:
+            from omnivl.data.text import label_id_for_class
+
+            self.register_buffer("class_ids", torch.tensor([label_id_for_class(c) for c in self.classes]),
+                                 persistent=False)
         self.momentum_encoders = MomentumEncoders(model)
         self.vlc, self.vlm, self.lm = vlc, vlm, lm
         self.momentum = momentum
@@ -101,14 +115,17 @@ class PretrainTask(nn.Module):
         self.set_loss_weights(weights)
 
     def set_loss_weights(self, weights: Mapping[str, float] | Any | None) -> None:
-        """Weights per objective: a mapping or a config with `vlc`/`vlm`/`lm` fields (train's `LossWeights`)."""
+        """Weights per objective: a mapping or a config with `vlc`/`vlm`/`lm`/`cls` fields (train's
+        `LossWeights`). Missing ones default to 1, except `cls` (0: it needs `classes`)."""
         weights = weights or {}
         if not isinstance(weights, Mapping):
             weights = {k: getattr(weights, k) for k in LOSS_NAMES}
         unknown = set(weights) - set(LOSS_NAMES)
         if unknown:
             raise ValueError(f"unknown loss weights {sorted(unknown)}; known: {', '.join(LOSS_NAMES)}")
-        self.loss_weights = {k: float(weights.get(k, 1.0)) for k in LOSS_NAMES}
+        self.loss_weights = {k: float(weights.get(k, 0.0 if k == "cls" else 1.0)) for k in LOSS_NAMES}
+        if self.loss_weights["cls"] > 0 and getattr(self, "classifier", None) is None:
+            raise ValueError("loss weight cls > 0 needs the class names of the label sources (`classes`)")
 
     def queue_key(self, modality: Modality) -> str:
         return "shared" if self.share_queues else modality
@@ -139,6 +156,9 @@ class PretrainTask(nn.Module):
         else:
             losses, metrics = self._align(x, vis, ids_BL, mask_BL, labels_B, modality)
         losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL, labels_B, batch.get("prompt_len"))
+        losses["cls"], accuracy = self._cls(vis.cls_BD, labels_B)
+        if accuracy is not None:
+            metrics["cls_accuracy"] = accuracy
         total = sum(self.loss_weights[k] * losses[k] for k in LOSS_NAMES)
         return TaskOutput(loss=total, losses=losses, metrics=metrics)
 
@@ -177,6 +197,20 @@ class PretrainTask(nn.Module):
                 prompt_len_B = None if prompt_len_B is None else prompt_len_B[keep_B]
         return self.lm(self.model.lm_logits(tokens_BSD, ids_BL, mask_BL), ids_BL, mask_BL, prompt_len_B)
 
+    def _cls(self, cls_BD: torch.Tensor, labels_B: torch.Tensor):
+        """(cross-entropy over `classes` of the rows whose id is one of them, their accuracy or None)."""
+        if self.loss_weights["cls"] == 0:
+            return cls_BD.new_zeros(()), None
+        hit_BK = labels_B[:, None] == self.class_ids[None]
+        keep_B = hit_BK.any(dim=1)
+        if not bool(keep_B.any()):
+            # no labelled row in this batch: a zero that still touches the head, so DDP sees its gradient
+            return 0.0 * self.classifier(cls_BD[:1]).sum(), None
+        logits_BK = self.classifier(cls_BD[keep_B])
+        target_B = hit_BK[keep_B].float().argmax(dim=1)
+        accuracy = float((logits_BK.argmax(dim=1) == target_B).float().mean())
+        return nn.functional.cross_entropy(logits_BK.float(), target_B), accuracy
+
     def _read(self, batch: Mapping[str, torch.Tensor], modality: Modality):
         missing = [k for k in BATCH_KEYS if k not in batch]
         if missing:
@@ -188,17 +222,19 @@ class PretrainTask(nn.Module):
 
 
 def build_task(cfg: ModelConfig, weights: Mapping[str, float] | Any | None = None,
-               gather_fn: GatherFn = identity_gather, load_pretrained: bool = True) -> PretrainTask:
-    """Model (initialized from `cfg.init` when `load_pretrained`), momentum encoders and the three losses."""
+               gather_fn: GatherFn = identity_gather, load_pretrained: bool = True,
+               classes: list[str] | None = None) -> PretrainTask:
+    """Model (initialized from `cfg.init` when `load_pretrained`), momentum encoders and the losses
+    (`classes`: the label classes of the supervised `cls` warm-up, if the stage has one)."""
     built = build_model(cfg, load_pretrained=load_pretrained)
-    return task_for(built.model, built.arch, cfg, weights, gather_fn)
+    return task_for(built.model, built.arch, cfg, weights, gather_fn, classes)
 
 
 def task_for(model: OmniVL, arch: OmniVLArch, cfg: ModelConfig, weights=None,
-             gather_fn: GatherFn = identity_gather) -> PretrainTask:
+             gather_fn: GatherFn = identity_gather, classes: list[str] | None = None) -> PretrainTask:
     keys = ("shared",) if cfg.share_queues else ("image", "video")
     vlc = UniVLCLoss(arch.embed_dim, arch.queue_size, keys, cfg.temp_init, cfg.temp_min, cfg.temp_max, gather_fn,
                      cross_kind=cfg.class_caption_pairs)
     return PretrainTask(model, vlc, MatchingLoss(cfg.class_caption_pairs), CaptionLoss(cfg.label_smoothing), weights,
                         momentum=cfg.momentum, share_queues=cfg.share_queues,
-                        lm_on_class_labels=cfg.lm_on_class_labels)
+                        lm_on_class_labels=cfg.lm_on_class_labels, classes=classes)

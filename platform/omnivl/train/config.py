@@ -29,9 +29,13 @@ class OptimizerConfig(Config):
 
 
 class LossWeights(Config):
-    vlc: float = Field(default=1.0, ge=0)
-    vlm: float = Field(default=1.0, ge=0)
-    lm: float = Field(default=1.0, ge=0)
+    vlc: float = Field(default=1.0, ge=0, description="UniVLC contrastive loss")
+    vlm: float = Field(default=1.0, ge=0, description="matching loss with hard negatives")
+    lm: float = Field(default=1.0, ge=0, description="captioning (language modelling) loss")
+    cls: float = Field(
+        default=0.0, ge=0, description="supervised warm-up, not an OmniVL objective: cross-entropy of a linear head "
+        "on the visual [CLS] over the class names of the stage's label sources (for runs from random weights, in "
+        "place of the paper's supervised ImageNet initialization); the head is left out of exports")
 
 
 class StageConfig(Config):

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Iterable
 
 PLOTTED = [
-    ("loss", ["loss", "loss_vlc", "loss_vlm", "loss_lm"]),
+    ("loss", ["loss", "loss_vlc", "loss_vlm", "loss_lm", "loss_cls"]),
+    ("warm-up accuracy", ["cls_accuracy"]),
     ("learning rate", ["lr"]),
     ("temperature", ["temperature"]),
     ("samples/s per worker", ["samples_per_s"]),
@@ -49,7 +50,7 @@ def read_records(path: str | Path) -> list[dict]:
 def progress_line(r: dict) -> str:
     """`[joint 120/300 video] loss 3.21 (vlc 1.20 vlm 0.61 lm 1.40) lr 2.1e-04 temp 0.070 ...`"""
     parts = [f"[{r['stage']} {r['step']}/{r['total_steps']} {r['modality']}]", f"loss {r['loss']:.3f}"]
-    terms = " ".join(f"{k[5:]} {r[k]:.2f}" for k in ("loss_vlc", "loss_vlm", "loss_lm") if k in r)
+    terms = " ".join(f"{k[5:]} {r[k]:.2f}" for k in ("loss_vlc", "loss_vlm", "loss_lm", "loss_cls") if k in r)
     if terms:
         parts.append(f"({terms})")
     parts.append(f"lr {r['lr']:.1e}")
@@ -57,6 +58,8 @@ def progress_line(r: dict) -> str:
         parts.append(f"temp {r['temperature']:.3f}")
     parts.append(f"{r['samples_per_s']:.1f} samples/s/worker")
     parts.append(f"data-wait {100 * r['data_wait_frac']:.0f}%")
+    if "cls_accuracy" in r:
+        parts.append(f"cls acc {100 * r['cls_accuracy']:.0f}%")
     if "queue_fill" in r:
         parts.append(f"queue {100 * r['queue_fill']:.0f}%")
     return " ".join(parts)

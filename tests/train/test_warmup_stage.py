@@ -1,0 +1,56 @@
+"""The supervised `cls` warm-up across stages: its classes come from the stage's label sources, its head is kept
+when a stage resumes and left out when the next stage (or the export) loads the checkpoint."""
+
+import json
+
+import pytest
+import torch
+
+from omnivl.cluster.training import load_task_state, stage_classes
+from omnivl.models.config import ModelConfig
+from omnivl.spec import validate_spec
+from omnivl.tasks import build_task
+
+
+def _job(tmp_path):
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"path": f"{i}.jpg", "label": name}) + "\n"
+                              for i, name in enumerate(["circle", "moving  left", "circle", "square"])))
+    captions = tmp_path / "captions.jsonl"
+    captions.write_text(json.dumps({"path": "c.jpg", "text": "a red circle"}) + "\n")
+    return validate_spec({
+        "kind": "pretrain", "name": "warm",
+        "data": {"sources": [{"name": "caps", "manifest": str(captions), "modality": "image", "kind": "text"},
+                             {"name": "shapes", "manifest": str(labels), "modality": "image", "kind": "label"}]},
+        "stages": [{"name": "warm", "sources": ["caps", "shapes"], "steps": 2, "batch_size": {"image": 2},
+                    "loss_weights": {"vlc": 0, "vlm": 0, "lm": 0, "cls": 1}},
+                   {"name": "image", "sources": ["caps"], "steps": 2, "batch_size": {"image": 2}}],
+    })
+
+
+def test_stage_classes_are_the_label_names_as_the_data_plane_sees_them(tmp_path):
+    # whitespace collapsed as the decoder does, and the left/right swap that a horizontal flip makes
+    assert stage_classes(_job(tmp_path), 0) == ["circle", "moving left", "moving right", "square"]
+
+
+def test_head_is_kept_on_resume_and_dropped_by_the_next_stage(tmp_path):
+    torch.manual_seed(0)
+    warm = build_task(ModelConfig(queue_size=0), {"cls": 1.0}, load_pretrained=False, classes=["a", "b"])
+    with torch.no_grad():
+        warm.classifier.weight.fill_(0.5)
+        warm.model.vision_proj.weight.fill_(0.25)
+    state = warm.state_dict()
+
+    torch.manual_seed(1)
+    resumed = build_task(ModelConfig(queue_size=0), {"cls": 1.0}, load_pretrained=False, classes=["a", "b"])
+    load_task_state(resumed, state, with_head=True)
+    assert torch.all(resumed.classifier.weight == 0.5)
+
+    torch.manual_seed(1)
+    following = build_task(ModelConfig(queue_size=0), load_pretrained=False)  # the next stage: no head
+    load_task_state(following, state, with_head=False)
+    assert following.classifier is None and torch.all(following.model.vision_proj.weight == 0.25)
+
+    broken = {k: v for k, v in state.items() if not k.startswith("model.text_proj")}
+    with pytest.raises(RuntimeError, match="text_proj"):
+        load_task_state(following, broken, with_head=False)
