@@ -177,3 +177,11 @@ def test_qa_accuracy_per_type_with_chance():
     assert out["per_type"]["shape"]["accuracy"] == 0.0 and out["per_type"]["count"]["accuracy"] == 100.0
     assert out["chance"] == pytest.approx(100.0)  # every type has a single answer in this tiny set
     assert qa_accuracy(["a", "b"], ["a", "c"])["chance"] == pytest.approx(50.0)
+
+
+def test_majority_class_share_is_the_score_of_always_answering_it():
+    from omnivl.cluster.evaluate import majority_share
+
+    assert majority_share(["diamond", "circle", "diamond", "square", "diamond"]) == pytest.approx(60.0)
+    assert majority_share([0, 1, 2, 3]) == pytest.approx(25.0)
+    assert majority_share([]) == 0.0

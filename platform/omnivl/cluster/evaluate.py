@@ -429,8 +429,18 @@ def zero_shot(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
     png = report.plot_confusion(matrix, classes, ctx.out / f"{src.name}_confusion.png", f"{src.name}: zero-shot")
     chance = 100.0 / len(classes)
     table = {"zero-shot top1": (acc["top1"], chance), "zero-shot top5": (acc["top5"], min(100.0, 5 * chance))}
+    majority = majority_share(truth)
     return {"rows": len(truth), "classes": classes, "templates": templates, "accuracy": acc,
-            "confusion": matrix.tolist(), "table": table, "figures": [png.name]}
+            "confusion": matrix.tolist(), "table": table, "figures": [png.name], "majority_class": majority,
+            "notes": [f"zero-shot: chance is a uniform guess among {len(classes)} classes; always answering the "
+                      f"most frequent class of these {len(truth)} rows would score {majority:.1f} %"]}
+
+
+def majority_share(labels) -> float:
+    """Percent of `labels` that are the most frequent one: the score of always answering it."""
+    from collections import Counter
+
+    return 100.0 * max(Counter(labels).values()) / len(labels) if len(labels) else 0.0
 
 
 def linear_probe(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
@@ -442,9 +452,11 @@ def linear_probe(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
     res = fit_probe(train.features_ND, [names[int(l)] for l in train.label_id_N], emb.features_ND,
                     [names[int(l)] for l in emb.label_id_N], C=ctx.cfg.probe_C)
     res.pop("predictions")
+    truth = [names[int(l)] for l in emb.label_id_N]
     note = (f"linear probe: logistic regression on frozen visual [CLS] features, trained on "
-            f"{res['train_rows']} rows of {train_src.manifest}, scored on {res['test_rows']} held-out rows")
-    return {**res, "train_manifest": train_src.manifest,
+            f"{res['train_rows']} rows of {train_src.manifest}, scored on {res['test_rows']} held-out rows "
+            f"(always answering their most frequent class would score {majority_share(truth):.1f} %)")
+    return {**res, "train_manifest": train_src.manifest, "majority_class": majority_share(truth),
             "table": {"linear probe top1": (res["accuracy"], res["chance"])},
             "notes": [note]}
 

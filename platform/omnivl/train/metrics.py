@@ -50,7 +50,9 @@ def read_records(path: str | Path) -> list[dict]:
 def progress_line(r: dict) -> str:
     """`[joint 120/300 video] loss 3.21 (vlc 1.20 vlm 0.61 lm 1.40) lr 2.1e-04 temp 0.070 ...`"""
     parts = [f"[{r['stage']} {r['step']}/{r['total_steps']} {r['modality']}]", f"loss {r['loss']:.3f}"]
-    terms = " ".join(f"{k[5:]} {r[k]:.2f}" for k in ("loss_vlc", "loss_vlm", "loss_lm", "loss_cls") if k in r)
+    # the supervised warm-up's term only where a stage trains it
+    shown = [k for k in ("loss_vlc", "loss_vlm", "loss_lm") if k in r] + (["loss_cls"] if r.get("loss_cls") else [])
+    terms = " ".join(f"{k[5:]} {r[k]:.2f}" for k in shown)
     if terms:
         parts.append(f"({terms})")
     parts.append(f"lr {r['lr']:.1e}")
