@@ -68,7 +68,8 @@ class TrainingJob(JobSpec):
         for i, stage in enumerate(self.stages):
             issues += _unknown_sources(f"stages[{i}].sources", stage.sources, by_name)
             modalities = {by_name[s].modality for s in stage.sources if s in by_name}
-            if stage.loss_weights.cls > 0 and not any(by_name[s].kind == "label" for s in stage.sources if s in by_name):
+            kinds = {by_name[s].kind for s in stage.sources if s in by_name}
+            if stage.loss_weights.cls > 0 and "label" not in kinds:
                 issues.append(SpecIssue(f"stages[{i}].loss_weights.cls", f"is {stage.loss_weights.cls} but stage "
                                         f"{stage.name!r} has no label source (it classifies their class names)"))
             for modality in ("image", "video"):
