@@ -54,3 +54,13 @@ def test_head_is_kept_on_resume_and_dropped_by_the_next_stage(tmp_path):
     broken = {k: v for k, v in state.items() if not k.startswith("model.text_proj")}
     with pytest.raises(RuntimeError, match="text_proj"):
         load_task_state(following, broken, with_head=False)
+
+
+def test_progress_line_shows_the_warm_up_term_only_where_a_stage_trains_it():
+    from omnivl.train.metrics import progress_line
+
+    base = {"stage": "s", "step": 1, "total_steps": 2, "modality": "image", "loss": 1.0, "lr": 1e-4,
+            "samples_per_s": 10.0, "data_wait_frac": 0.0, "loss_vlc": 1.0, "loss_vlm": 0.0, "loss_lm": 0.0}
+    assert "cls" not in progress_line({**base, "loss_cls": 0.0})
+    line = progress_line({**base, "loss_cls": 0.7, "cls_accuracy": 0.75})
+    assert "cls 0.70" in line and "cls acc 75%" in line
