@@ -188,9 +188,10 @@ def test_finetune_objectives():
     job = validate_spec({"kind": "finetune", "init": "x", "task": "retrieval",
                          "data": {"sources": [{"name": "a", "manifest": "a.jsonl", "modality": "image"}]},
                          "stages": [{**stage(["a"], 5, 1e-4), "loss_weights": {"vlc": 1.0, "vlm": 0.5, "lm": 1.0}}]})
-    assert job.loss_weights(0) == {"vlc": 1.0, "vlm": 0.5, "lm": 0.0}
+    # the supervised warm-up (`cls`) is a pretraining objective: no fine-tuning task trains it
+    assert job.loss_weights(0) == {"vlc": 1.0, "vlm": 0.5, "lm": 0.0, "cls": 0.0}
     job.task = "captioning"
-    assert job.loss_weights(0) == {"vlc": 0.0, "vlm": 0.0, "lm": 1.0}
+    assert job.loss_weights(0) == {"vlc": 0.0, "vlm": 0.0, "lm": 1.0, "cls": 0.0}
 
 
 def test_qa_loss_trains_on_the_answer_only():
