@@ -111,3 +111,26 @@ def test_checkpoints_and_export_on_s3(ray_local, corpus, s3_bucket):
     # re-running a finished job does nothing new
     again = run_job(spec(corpus, run, steps=4, every=2, joint_steps=2))
     assert {s["status"] for s in again["stages"].values()} == {"skipped"}
+
+
+def test_supervised_warm_up_stage_hands_the_next_stage_its_encoder_not_its_head(ray_local, corpus, tmp_path):
+    """A `cls`-only stage on the shape labels, then an image-text stage: the warm-up logs its loss and accuracy,
+    its final checkpoint holds the head, and the next stage and the export start without it."""
+    from omnivl.train.metrics import read_records
+
+    raw = spec(corpus, tmp_path / "run", steps=3, every=3).to_dict()
+    raw["data"]["sources"].append({"name": "shapes", "manifest": str(corpus / "image_label" / "train.jsonl"),
+                                   "modality": "image", "kind": "label"})
+    raw["stages"].insert(0, {"name": "warm", "sources": ["shapes"], "steps": 6, "batch_size": {"image": 8},
+                             "optimizer": {"lr": 5e-4, "warmup_steps": 2},
+                             "loss_weights": {"vlc": 0, "vlm": 0, "lm": 0, "cls": 1}})
+    run = tmp_path / "run"
+    summary = run_job(validate_spec(raw))
+    assert [s["status"] for s in summary["stages"].values()] == ["ran", "ran"]
+    warm = [r for r in read_records(run / METRICS_FILE) if r["stage"] == "warm"]
+    assert len(warm) == 6 and all(r["loss_cls"] > 0 and 0 <= r["cls_accuracy"] <= 1 for r in warm)
+    assert all(r["loss_vlc"] == r["loss_lm"] == 0 for r in warm)
+    head = [k for k in final_state(run, 0, "warm")["task"] if k.startswith("classifier.")]
+    assert head and final_state(run, 0, "warm")["task"]["classifier.weight"].shape[0] == 4  # the 4 shapes
+    assert not any(k.startswith("classifier.") for k in final_state(run, 1, "image")["task"])
+    assert (run / "export" / "model.safetensors").exists()

@@ -98,8 +98,11 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | Non
     init_export = init_export if index == 0 else None  # later stages start from the stage before
     print(f"stage {stage.name!r}: {total} steps, alternation {weights}, rows {rows}"
           + (f", initialized from {init.uri if init else init_export}" if init or init_export else ""), flush=True)
+    # the supervised warm-up's classes, read once here (a stage without label names fails before any worker starts)
+    classes = stage_classes(job, index) if job.loss_weights(index).get("cls", 0) > 0 else None
     config = {"job": job.to_dict(), "stage_index": index, "run_dir": run_dir, "total_steps": total,
-              "weights": weights, "init_from": init.uri if init else None, "init_export": init_export}
+              "weights": weights, "init_from": init.uri if init else None, "init_export": init_export,
+              "classes": classes}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -238,7 +241,7 @@ def train_loop_per_worker(config: dict) -> dict:
     torch.set_num_threads(max(1, int(job.scaling.cpus_per_worker)))
 
     state, start_step, resumed_from = resume_state(run_dir, index, stage.name, config["init_from"])
-    task = initial_task(job, index, state, config["init_export"], world).to(device)
+    task = initial_task(job, index, state, config["init_export"], world, config.get("classes")).to(device)
     model = ray.train.torch.prepare_model(
         task, parallel_strategy_kwargs={"find_unused_parameters": True, "forward_sync_buffers": False})
     optimizer = build_optimizer(task, stage.optimizer)
@@ -284,16 +287,16 @@ def train_loop_per_worker(config: dict) -> dict:
             "last": {k: v for k, v in last.items() if k.startswith("loss") or k in ("step",)}}
 
 
-def initial_task(job: TrainingJob, index: int, state: dict | None, init_export: str | None, world: int):
+def initial_task(job: TrainingJob, index: int, state: dict | None, init_export: str | None, world: int,
+                 classes: list[str] | None = None):
     """The task stage `index` starts this run with: from `state` (its own or the previous stage's checkpoint),
-    else from a pretraining export's weights (fine-tuning), else from `job.model.init`."""
+    else from a pretraining export's weights (fine-tuning), else from `job.model.init`. `classes`: those of the
+    stage's supervised warm-up head (`stage_classes`), if it weights `cls`."""
     from omnivl.tasks import build_task
 
     torch.manual_seed(job.seed)  # identical initial weights on every rank
-    weights = job.loss_weights(index)
-    task = build_task(job.model, weights=weights, gather_fn=gather_fn(world),
-                      load_pretrained=state is None and not init_export,
-                      classes=stage_classes(job, index) if weights.get("cls", 0) > 0 else None)
+    task = build_task(job.model, weights=job.loss_weights(index), gather_fn=gather_fn(world),
+                      load_pretrained=state is None and not init_export, classes=classes)
     if state is not None:
         # the `cls` warm-up head belongs to its stage: resuming keeps it, the next stage starts without it
         load_task_state(task, state["task"], with_head=state.get("stage_index") == index)
