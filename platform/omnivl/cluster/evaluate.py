@@ -408,11 +408,10 @@ def direction_probe(emb: Embedded, decode: DecodeConfig, export: str, src: Sourc
 
 
 def _class_names(src: SourceConfig) -> dict[int, str]:
-    from omnivl.data.manifest import read_manifest
+    from omnivl.data.manifest import class_names
     from omnivl.data.text import label_id_for_class
 
-    names = {" ".join(r.label.split()) for r in read_manifest(src) if r.label.strip()}
-    return {label_id_for_class(c): c for c in names}
+    return {label_id_for_class(c): c for c in class_names(src)}
 
 
 def zero_shot(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
@@ -449,14 +448,15 @@ def linear_probe(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
     train_src = src.model_copy(update={"manifest": storage.absolute(ctx.cfg.probe_train[src.name])})
     train = embed_with_ray(train_src, ctx.decode, ctx.export, ctx.cfg.batch_size, ctx.cfg.use_gpu)
     names = {**_class_names(train_src), **_class_names(src)}
-    res = fit_probe(train.features_ND, [names[int(l)] for l in train.label_id_N], emb.features_ND,
-                    [names[int(l)] for l in emb.label_id_N], C=ctx.cfg.probe_C)
-    res.pop("predictions")
     truth = [names[int(l)] for l in emb.label_id_N]
+    res = fit_probe(train.features_ND, [names[int(l)] for l in train.label_id_N], emb.features_ND, truth,
+                    C=ctx.cfg.probe_C)
+    res.pop("predictions")
+    majority = majority_share(truth)
     note = (f"linear probe: logistic regression on frozen visual [CLS] features, trained on "
             f"{res['train_rows']} rows of {train_src.manifest}, scored on {res['test_rows']} held-out rows "
-            f"(always answering their most frequent class would score {majority_share(truth):.1f} %)")
-    return {**res, "train_manifest": train_src.manifest, "majority_class": majority_share(truth),
+            f"(always answering their most frequent class would score {majority:.1f} %)")
+    return {**res, "train_manifest": train_src.manifest, "majority_class": majority,
             "table": {"linear probe top1": (res["accuracy"], res["chance"])},
             "notes": [note]}
 

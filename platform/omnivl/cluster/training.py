@@ -310,17 +310,14 @@ def initial_task(job: TrainingJob, index: int, state: dict | None, init_export: 
 def stage_classes(job: TrainingJob, index: int) -> list[str]:
     """The class names of stage `index`'s label sources, as the data plane makes their ids (whitespace
     collapsed, and with left/right swapped, since a horizontal flip swaps them), sorted."""
-    from omnivl.cluster.data_pipeline import read_rows
+    from omnivl.data.manifest import class_names
     from omnivl.data.text import swap_left_right
 
     by_name = {s.name: s for s in job.data.sources}
-    label_sources = [by_name[n] for n in job.stages[index].sources if by_name[n].kind == "label"]
     names = set()
-    for modality in {s.modality for s in label_sources}:
-        for row in read_rows(label_sources, modality, train=False, seed=0):
-            name = " ".join(row.label.split())
-            if name:
-                names.update((name, swap_left_right(name)))
+    for name in job.stages[index].sources:
+        if by_name[name].kind == "label":
+            names |= {n for c in class_names(by_name[name]) for n in (c, swap_left_right(c))}
     if not names:
         raise ValueError(f"stage {job.stages[index].name!r}: loss weight cls > 0 but its label sources have no labels")
     return sorted(names)

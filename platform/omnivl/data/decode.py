@@ -124,7 +124,7 @@ class RowDecoder:
 
     def _text(self, source: SourceConfig, row: dict, rng, flip: bool, ledger, where: str) -> tuple[str, int]:
         if source.kind == "label":
-            class_name = " ".join(row["label"].split())
+            class_name = text_ops.class_name(row["label"])
             if not class_name:
                 raise bad.BadInput(bad.LABEL_EMPTY)
             if flip:

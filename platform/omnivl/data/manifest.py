@@ -272,3 +272,10 @@ def read_media(uri: str, offset: int = WHOLE_FILE, size: int = WHOLE_FILE) -> by
     if not data:
         raise bad.BadInput(bad.EMPTY_FILE)
     return data
+
+
+def class_names(source: SourceConfig) -> set[str]:
+    """The distinct class names of a label source's manifest (blank labels left out)."""
+    from omnivl.data.text import class_name
+
+    return {name for name in (class_name(r.label) for r in read_manifest(source)) if name}

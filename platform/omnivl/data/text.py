@@ -117,6 +117,11 @@ def stable_id(key: str) -> int:
 CLASS_LABEL_BIT = 1 << 62
 
 
+def class_name(label: str) -> str:
+    """A label source's class name as training and evaluation use it: whitespace collapsed ('' if blank)."""
+    return " ".join(label.split())
+
+
 def label_id_for_class(class_name: str) -> int:
     """Rows of the same class share an id (UniVLC treats them as positives of each other); bit 62 set."""
     return stable_id(f"label:{class_name}") | CLASS_LABEL_BIT
