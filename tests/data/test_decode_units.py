@@ -16,7 +16,7 @@ from omnivl.data import text as T
 from omnivl.data import video as V
 from omnivl.data.decode import RowDecoder, Watchdog, check_extension
 from omnivl.data.config import DecodeConfig, SourceConfig
-from omnivl.data.manifest import read_media
+from omnivl.data.manifest import ManifestRow, read_media, row_batches
 
 
 def rng(seed=0):
@@ -245,14 +245,14 @@ def test_templates_and_ids():
     seen = {T.label_text("circle", templates, train=True, rng=rng(s)) for s in range(10)}
     assert seen == {"a photo of a circle.", "a picture of a circle."}
     assert T.label_id_for_class("circle") == T.label_id_for_class("circle") != T.label_id_for_class("square")
-    assert 0 <= T.label_id_for_pair("src", 3) < 2**63 and T.label_id_for_pair("src", 3) != T.label_id_for_pair("src", 4)
+    assert 0 <= T.label_id_for_pair("src:m:3") < 2**63 and T.label_id_for_pair("src:m:3") != T.label_id_for_pair("src:m:4")
     import hashlib
 
     digest = hashlib.blake2b(b"label:circle", digest_size=8).digest()
     assert T.label_id_for_class("circle") == (int.from_bytes(digest, "big") & (2**63 - 1)) | (1 << 62)
     # Bit 62 tells the kinds apart (class ids set it, caption pair ids never do).
     assert all(T.label_id_for_class(c) & T.CLASS_LABEL_BIT for c in ("circle", "square", "moving left"))
-    assert not any(T.label_id_for_pair("src", i) & T.CLASS_LABEL_BIT for i in range(50))
+    assert not any(T.label_id_for_pair(f"src:m:{i}") & T.CLASS_LABEL_BIT for i in range(50))
 
 
 def test_swap_left_right():
@@ -292,10 +292,9 @@ def test_read_media_missing_and_empty(tmp_path):
 # --- the whole row decoder --------------------------------------------------------------------------------
 
 def _batch(rows):
-    cols = ["source", "row_index", "uri", "offset", "size", "text", "label", "row_error"]
-    defaults = {"offset": -1, "size": -1, "text": "", "label": "", "row_error": "", "source": "s"}
-    full = [{**defaults, "row_index": i, **r} for i, r in enumerate(rows)]
-    return {c: np.asarray([r[c] for r in full], dtype=object) for c in cols}
+    """Decoder input of `rows` (ManifestRow fields; row keys `s:m.jsonl:<i>` unless given)."""
+    return next(row_batches([ManifestRow(**{"source": "s", "row_key": f"s:m.jsonl:{i}", **r})
+                             for i, r in enumerate(rows)], len(rows)))
 
 
 def test_row_decoder_mixed_batch(tmp_path):
@@ -328,7 +327,7 @@ def test_row_decoder_flip_swaps_text_and_label(tmp_path):
     src = SourceConfig(name="s", manifest="m.jsonl", modality="video", kind="label")
     cfg = DecodeConfig(image_size=16, num_frames=4, crop_scale_min=1.0)
     dec = RowDecoder([src], cfg, "video", train=True, seed=0)
-    out, _ = dec(_batch([{"uri": str(clip), "label": "moving right", "row_index": i} for i in range(12)]))
+    out, _ = dec(_batch([{"uri": str(clip), "label": "moving right", "row_key": f"s:m.jsonl:{i}"} for i in range(12)]))
     texts = set(out["text"])
     assert any("moving left" in t for t in texts) and any("moving right" in t for t in texts)
     for t, lid, px in zip(out["text"], out["label_id"], out["pixels"]):
@@ -337,5 +336,5 @@ def test_row_decoder_flip_swaps_text_and_label(tmp_path):
         bar_x = [int(np.argmax(f[0].mean(axis=0))) for f in px]  # red channel column of the bar
         assert (bar_x == sorted(bar_x)) == (cls == "moving right")
     again, _ = RowDecoder([src], cfg, "video", train=True, seed=0)(
-        _batch([{"uri": str(clip), "label": "moving right", "row_index": i} for i in range(12)]))
+        _batch([{"uri": str(clip), "label": "moving right", "row_key": f"s:m.jsonl:{i}"} for i in range(12)]))
     assert np.array_equal(out["pixels"], again["pixels"]) and list(out["text"]) == list(again["text"])

@@ -13,7 +13,7 @@ from omnivl.data import badinput as bad
 from omnivl.data import text as T
 from omnivl.data.config import DecodeConfig, SourceConfig, SynthConfig
 from omnivl.data.decode import OUTPUT_COLUMNS, RowDecoder
-from omnivl.data.manifest import read_manifest, resolve, row_batches
+from omnivl.data.manifest import ManifestRow, read_manifest, resolve, row_batches
 from omnivl.data.synth import IMAGE_QTYPES, POSITIONS, VIDEO_QTYPES, make_qa_item, position_answer
 
 
@@ -106,11 +106,7 @@ def test_prompt_len_is_capped_by_the_text_length(tmp_path):
 
 
 def _batch(rows):
-    cols = ["source", "row_index", "uri", "offset", "size", "text", "label", "row_error", "question", "answer"]
-    defaults = {"offset": -1, "size": -1, "text": "", "label": "", "row_error": "", "source": "q", "question": "",
-                "answer": ""}
-    full = [{**defaults, "row_index": i, **r} for i, r in enumerate(rows)]
-    return {c: np.asarray([r[c] for r in full], dtype=object) for c in cols}
+    return next(row_batches([ManifestRow("q", f"q:m.jsonl:{i}", **r) for i, r in enumerate(rows)], len(rows)))
 
 
 def test_hflip_swaps_left_right_in_question_and_answer(tmp_path):

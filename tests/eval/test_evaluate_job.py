@@ -84,8 +84,8 @@ def test_retrieval_numbers_are_the_models(evaluated, tiny_export):
         visual_out = model.visual_features(pixels, src.modality)
         v = model.project_visual(visual_out.cls_BD).numpy()
         t = model.encode_text(ids, mask).numpy()
-        uri = {label_id_for_pair(r.source, r.row_index): r.uri for r in read_manifest(src)}
-        reps, text_to_item = items_and_captions([uri[int(l)] for l in batch["label_id"]])
+        uri = {r.row_key: r.uri for r in read_manifest(src)}
+        reps, text_to_item = items_and_captions([uri[str(k)] for k in batch["row_key"]])
         sim_TV = t @ v[reps].T
         got = metrics["sources"][name]["tasks"]["retrieval"]
         want = recall_metrics(ranks(sim_TV, [{i} for i in text_to_item]))
@@ -216,8 +216,8 @@ def test_several_captions_per_item_are_one_gallery_entry(ray_local, eval_corpus,
 
     src = SourceConfig(name="two", manifest=str(manifest), modality="image")
     emb = ev.embed_locally(src, DecodeConfig(**raw["data"]["decode"]), tiny_export)
-    uri = {label_id_for_pair("two", i): d["path"] for i, d in enumerate(doubled)}
-    reps, text_to_item = items_and_captions([uri[int(l)] for l in emb.label_id_N])
+    uri = {f"two:two_captions.jsonl:{i}": d["path"] for i, d in enumerate(doubled)}
+    reps, text_to_item = items_and_captions([uri[k] for k in emb.row_key_N])
     sim_VT = emb.visual_NE[reps] @ emb.text_NE.T
     captions_of = [{t for t, i in enumerate(text_to_item) if i == v} for v in range(len(reps))]
     assert all(len(c) == 2 for c in captions_of)

@@ -140,7 +140,7 @@ def test_ignore_cross_kind_equals_two_separate_contrastive_problems():
     from omnivl.data.text import label_id_for_class, label_id_for_pair
 
     v, t = _feats(B=7, seed=3)
-    captions = [label_id_for_pair("video_text", i) for i in range(3)]
+    captions = [label_id_for_pair(f"video_text:m:{i}") for i in range(3)]
     classes = [label_id_for_class(c) for c in ("moving left", "moving right", "moving left", "moving up")]
     labels = torch.tensor(captions + classes)
     cap, cls = slice(0, 3), slice(3, 7)
@@ -159,7 +159,7 @@ def test_ignore_cross_kind_never_picks_a_hard_negative_of_the_other_kind():
     from omnivl.data.text import label_id_for_class, label_id_for_pair
     from omnivl.losses.univlc import comparable_pairs, is_class_label
 
-    labels = torch.tensor([label_id_for_pair("s", 0), label_id_for_pair("s", 1), label_id_for_class("a"),
+    labels = torch.tensor([label_id_for_pair("s:m:0"), label_id_for_pair("s:m:1"), label_id_for_class("a"),
                            label_id_for_class("b"), label_id_for_class("a")])
     assert is_class_label(labels).tolist() == [False, False, True, True, True]
     sim = torch.zeros(5, 5)

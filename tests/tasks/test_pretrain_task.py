@@ -145,8 +145,8 @@ def test_lm_learns_from_captions_not_class_prompts_unless_told():
     counts."""
     from omnivl.data.text import label_id_for_class, label_id_for_pair
 
-    labels = torch.tensor([label_id_for_pair("cap", 0), label_id_for_class("circle"),
-                           label_id_for_pair("cap", 1), label_id_for_class("square")])
+    labels = torch.tensor([label_id_for_pair("cap:m:0"), label_id_for_class("circle"),
+                           label_id_for_pair("cap:m:1"), label_id_for_class("square")])
     batch = _batch(B=4, labels=labels)
     captions = {k: v[[0, 2]] for k, v in batch.items()}
     classes = {k: v[[1, 3]] for k, v in batch.items()}
@@ -175,7 +175,7 @@ def test_cls_warm_up_scores_labelled_rows_only_and_learns():
     from omnivl.data.text import label_id_for_class, label_id_for_pair
 
     circle, square = label_id_for_class("circle"), label_id_for_class("square")
-    labels = torch.tensor([circle, label_id_for_pair("cap", 0), square, label_id_for_class("triangle")])
+    labels = torch.tensor([circle, label_id_for_pair("cap:m:0"), square, label_id_for_class("triangle")])
     task = _class_task().train()
     batch = _batch(B=4, labels=labels)
     out = task(batch, "image")
@@ -186,7 +186,7 @@ def test_cls_warm_up_scores_labelled_rows_only_and_learns():
     assert 0.0 <= out.metrics["cls_accuracy"] <= 1.0
 
     # no labelled row: loss 0, and the head still takes part in backward (DDP needs every rank's gradient)
-    none = task(_batch(B=2, labels=torch.tensor([label_id_for_pair("cap", 1), label_id_for_pair("cap", 2)])), "image")
+    none = task(_batch(B=2, labels=torch.tensor([label_id_for_pair("cap:m:1"), label_id_for_pair("cap:m:2")])), "image")
     assert none.losses["cls"].item() == 0.0 and "cls_accuracy" not in none.metrics
     none.loss.backward()
     assert task.classifier.weight.grad is not None

@@ -1,29 +1,43 @@
 """The Ray Data seam: manifests -> decode + sample + tokenize in CPU actor pools -> fixed-shape uint8 batches.
 
-Everything that is not Ray lives in `omnivl.data` (`RowDecoder` does the work); this module only wires it:
+Everything that is not Ray lives in `omnivl.data` (`manifest_index` plans chunks, `stream` orders them,
+`RowDecoder` decodes); this module only wires it:
 
-  rows (read on the driver)  ->  ray.data.from_arrow (blocks of `batch_size` rows)
-                             ->  map_batches(_DecodeActor, compute=ActorPoolStrategy(min, max),
-                                             num_cpus=cpus_per_actor, label_selector={"pool": "cpu-decode"})
+  plan (driver: Parquet footers, cached row indexes; never the rows)
+    -> read_datasource(ManifestDatasource): one read task per window of chunks, run on the workers
+    -> map_batches(_DecodeActor, compute=ActorPoolStrategy(min, max), num_cpus=cpus_per_actor,
+                   label_selector={"pool": "cpu-decode"})
+
+A training dataset is one stream over many epochs (`omnivl.data.stream`): rows [start_row, end_row) of it,
+each row tagged with its epoch, so every epoch draws new augmentation and a new chunk order, and a resumed
+stage continues the same sequence. An evaluation dataset is one pass in manifest order.
 
 Bad-input counts. Each decode actor sends the ledger of every batch it decoded to one small named actor
 (`DataLedger`, 0 CPUs, in namespace "omnivl") and waits for the reply, so when a consumer has finished an
-epoch every count is already there. The reply also says whether the skips have already made the epoch
-fail its threshold (the manifest's row count is known up front), in which case the decode actor raises
+epoch every count is already there. The reply also says whether the skips have already made the stream
+fail its threshold (its row count is known up front), in which case the decode actor raises
 `BadInputError` and the iteration fails early with the worst files named. At the end of an epoch or run,
 call `enforce_bad_input_threshold()` (or just `bad_input_report()`) from the driver or any Train worker.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
+import pyarrow as pa
 import ray
+from ray.data.block import BlockMetadata
+from ray.data.datasource import Datasource, ReadTask
 
 from omnivl.data.badinput import BadInputError, BadInputLedger
-from omnivl.data.config import DecodeConfig, SourceConfig
-from omnivl.data.manifest import ManifestRow, read_manifest, rows_to_table
+from omnivl.data.config import DEFAULT_WINDOW_ROWS, DecodeConfig, SourceConfig
+from omnivl.data.manifest import media_exts, parent_of, read_chunk
+from omnivl.data.manifest_index import plan_sources
+from omnivl.data.stream import ReadUnit, StreamPlan, in_order_units, window_permutation
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +77,10 @@ class DataLedger:
 class _DecodeActor:
     """The map_batches callable: one RowDecoder per actor (tokenizer and decoders loaded once)."""
 
-    def __init__(self, sources, decode, modality, train, seed, epoch, key, total_rows, ledger) -> None:
+    def __init__(self, sources, decode, modality, train, seed, key, total_rows, ledger) -> None:
         from omnivl.data.decode import RowDecoder
 
-        self.decoder = RowDecoder(sources, decode, modality, train, seed, epoch)
+        self.decoder = RowDecoder(sources, decode, modality, train, seed)
         self.key, self.total_rows, self.ledger = key, total_rows, ledger
         self.node_id = ray.get_runtime_context().get_node_id()
 
@@ -113,45 +127,104 @@ def ledger_actor(name: str = DEFAULT_LEDGER):
     return _HANDLES[key]
 
 
-def read_rows(sources: list[SourceConfig], modality: str, train: bool, seed: int) -> list[ManifestRow]:
-    """Manifest rows of the sources of `modality`, shuffled with `seed` in training."""
+def ray_mapper(fn: Callable, items: list) -> list:
+    """A `manifest_index.Mapper` that runs `fn` on Ray workers (row-index scans of large manifests)."""
+    if not items:
+        return []
+    remote = ray.remote(num_cpus=1)(_call)
+    return ray.get([remote.remote(fn, x) for x in items])
+
+
+def _call(fn: Callable, x):
+    return fn(x)
+
+
+def plan_stream(sources: list[SourceConfig], modality: str, seed: int, window_rows: int) -> StreamPlan:
+    """The stream plan of the sources of `modality` (row counts from footers and cached indexes).
+    Raises ValueError if no source has this modality."""
     chosen = [s for s in sources if s.modality == modality]
     if not chosen:
         raise ValueError(f"no {modality} source among: {', '.join(s.name for s in sources) or '(none)'}")
-    rows = [row for s in chosen for row in read_manifest(s)]
-    if train:
-        order = np.random.default_rng(seed).permutation(len(rows))
-        rows = [rows[i] for i in order]
-    return rows
+    return StreamPlan(tuple(plan_sources(chosen, ray_mapper)), seed, window_rows)
+
+
+StartRow = int | Callable[[], int]
+
+
+@dataclass(frozen=True)
+class StreamRange:
+    """Which rows of a training stream a dataset reads. `start` may be a callable evaluated each time the
+    dataset starts executing (after a worker-group restart, where the newest checkpoint says)."""
+
+    start: StartRow
+    end: int
+
+    def start_row(self) -> int:
+        return int(self.start() if callable(self.start) else self.start)
+
+
+class ManifestDatasource(Datasource):
+    """Ray Data's read side for our manifests: read tasks of `ReadUnit`s, planned at execution time."""
+
+    def __init__(self, plan: StreamPlan, sources: list[SourceConfig], stream: StreamRange | None) -> None:
+        super().__init__()
+        self.plan, self.stream = plan, stream
+        self.exts = media_exts(sources[0].modality)
+
+    def units(self) -> list[ReadUnit]:
+        if self.stream is None:
+            return in_order_units(list(self.plan.chunks))
+        return list(self.plan.units(self.stream.start_row(), self.stream.end))
+
+    def estimate_inmemory_data_size(self) -> int | None:
+        return None
+
+    def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
+                       data_context=None) -> list[ReadTask]:
+        read = functools.partial(read_unit, seed=self.plan.seed, exts=self.exts)
+        return [ReadTask(functools.partial(read, unit), BlockMetadata(num_rows=unit.num_rows, size_bytes=None,
+                                                                     input_files=None, exec_stats=None))
+                for unit in self.units()]
+
+
+def read_unit(unit: ReadUnit, seed: int, exts: tuple[str, ...]) -> list[pa.Table]:
+    """One read task: the unit's chunks as one table, rows in the unit's order, tagged with its epoch."""
+    table = pa.concat_tables([read_chunk(c, parent_of(c.file), exts) for c in unit.chunks])
+    table = table.take(window_permutation(seed, unit, table.num_rows))
+    return [table.append_column("epoch", pa.array(np.full(table.num_rows, unit.epoch, dtype=np.int64)))]
 
 
 def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality: str, train: bool,
-                  seed: int = 0, label_selector: dict | None = None, epoch: int = 0,
+                  seed: int = 0, label_selector: dict | None = None, stream: StreamRange | None = None,
+                  plan: StreamPlan | None = None, window_rows: int = DEFAULT_WINDOW_ROWS,
                   ledger: str = DEFAULT_LEDGER) -> "ray.data.Dataset":
     """A streaming Dataset of decoded `modality` rows of `sources` (others are ignored): columns
     pixels uint8 [3,S,S] | [T,3,S,S], input_ids int64 [L], attention_mask int64 [L], label_id int64,
-    prompt_len int64 (see `omnivl.data.decode`), text str.
+    prompt_len int64, text str, row_key str (see `omnivl.data.decode`).
 
+    Training (`train`): rows [stream.start, stream.end) of the multi-epoch stream (default: one epoch);
+    evaluation: one pass in manifest order. `plan`: a plan made already (`plan_stream`), else made here
+    with `window_rows` (the shuffle buffer: `ShuffleConfig`).
     `label_selector`: decode actors go to nodes with these labels (default {"pool": "cpu-decode"}; pass {}
-    for anywhere), applied only if the cluster has such a node. `seed`/`epoch` fix row order (training) and
-    every augmentation. Ray must be initialized. Raises ValueError if no source has this modality."""
-    rows = read_rows(sources, modality, train, seed)
-    key = dataset_key(sources, modality, train)
-    ledger_handle = ledger_actor(ledger)
+    for anywhere), applied only if the cluster has such a node. `seed` fixes chunk order and every
+    augmentation. Ray must be initialized. Raises ValueError if no source has this modality."""
+    chosen = [s for s in sources if s.modality == modality]
+    plan = plan or plan_stream(chosen, modality, seed, window_rows)
+    if train and stream is None:
+        stream = StreamRange(0, plan.epoch_rows)
+    total_rows = (stream.end - stream.start_row()) if train else plan.epoch_rows
     selector = decode_label_selector(CPU_POOL if label_selector is None else label_selector)
     pool = decode.pool(modality)
-    chunk = pool.batch_size
-    table = rows_to_table(rows)
-    blocks = [table.slice(i, chunk) for i in range(0, max(len(rows), 1), chunk)]
     extra = {"label_selector": selector} if selector else {}
-    return ray.data.from_arrow(blocks).map_batches(
+    source = ManifestDatasource(plan, chosen, stream if train else None)
+    return ray.data.read_datasource(source, ray_remote_args=extra).map_batches(
         _DecodeActor,
         fn_constructor_kwargs={
-            "sources": [s.to_dict() for s in sources if s.modality == modality], "decode": decode.to_dict(),
-            "modality": modality, "train": train, "seed": seed, "epoch": epoch, "key": key,
-            "total_rows": len(rows), "ledger": ledger_handle,
+            "sources": [s.to_dict() for s in chosen], "decode": decode.to_dict(), "modality": modality,
+            "train": train, "seed": seed, "key": dataset_key(sources, modality, train),
+            "total_rows": total_rows, "ledger": ledger_actor(ledger),
         },
-        batch_size=chunk, batch_format="numpy",
+        batch_size=pool.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_cpus=pool.cpus_per_actor, **extra,
     )

@@ -32,14 +32,15 @@ from omnivl.spec.jobs import EvaluateJob
 @dataclass
 class Embedded:
     """Per decoded row (order arbitrary): visual embeddings, frozen visual features, text embeddings, the row's
-    label id and text."""
+    label id, text and manifest row key."""
 
     visual_NE: np.ndarray
     text_NE: np.ndarray
     label_id_N: np.ndarray
     text_N: list[str]
+    row_key_N: list[str]
     features_ND: np.ndarray | None = None
-    generated: dict[int, str] | None = None  # label_id -> caption, when captioning rode along on this pass
+    generated: dict[str, str] | None = None  # row key -> caption, when captioning rode along on this pass
 
 
 @dataclass
@@ -239,20 +240,21 @@ def collect(batches, src: SourceConfig | None = None) -> Embedded:
     return Embedded(
         np.concatenate([b["visual"] for b in parts]), np.concatenate([b["text_emb"] for b in parts]),
         np.concatenate([b["label_id"] for b in parts]), [str(t) for b in parts for t in b["text"]],
+        [str(k) for b in parts for k in b["row_key"]],
         np.concatenate([b["features"] for b in parts]) if "features" in parts[0] else None,
-        {int(l): str(g) for b in parts for l, g in zip(b["label_id"], b["generated"])}
+        {str(k): str(g) for b in parts for k, g in zip(b["row_key"], b["generated"])}
         if "generated" in parts[0] else None,
     )
 
 
-def generate_with_ray(src: SourceConfig, ctx: Context, answer: bool) -> dict[int, str]:
-    """label_id -> generated caption (or answer) for every decodable row of `src`."""
+def generate_with_ray(src: SourceConfig, ctx: Context, answer: bool) -> dict[str, str]:
+    """row key -> generated caption (or answer) for every decodable row of `src`."""
     settings = ctx.cfg.answering if answer else ctx.cfg.captioning
     kwargs = {"export": ctx.export, "modality": src.modality, "device": ctx.device,
               "tokenizer": ctx.decode.tokenizer, "settings": settings.to_dict(), "answer": answer}
-    out: dict[int, str] = {}
+    out: dict[str, str] = {}
     for b in _run_actor(src, ctx.decode, GenerateActor, kwargs, ctx.cfg.batch_size, ctx.cfg.use_gpu):
-        out.update(zip((int(x) for x in b["label_id"]), (str(t) for t in b["generated"])))
+        out.update(zip((str(x) for x in b["row_key"]), (str(t) for t in b["generated"])))
     return out
 
 
@@ -297,17 +299,17 @@ def embed_texts(export: str, decode: DecodeConfig, texts: list[str]) -> np.ndarr
 # ------------------------------------------------------------------------------------------ tasks
 
 
-def _rows_by_label_id(src: SourceConfig) -> dict:
+def _rows_by_key(src: SourceConfig) -> dict:
+    """Manifest rows of an evaluation source by row key (the key each decoded row carries)."""
     from omnivl.data.manifest import read_manifest
-    from omnivl.data.text import label_id_for_pair
 
-    return {label_id_for_pair(r.source, r.row_index): r for r in read_manifest(src)}
+    return {r.row_key: r for r in read_manifest(src)}
 
 
 def retrieval(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
     """Items are distinct media files; a caption matches the item its manifest row points at."""
-    by_lid = _rows_by_label_id(src)
-    reps, text_to_item = items_and_captions([by_lid[int(lid)].uri for lid in emb.label_id_N])
+    by_key = _rows_by_key(src)
+    reps, text_to_item = items_and_captions([by_key[k].uri for k in emb.row_key_N])
     sim_VT = emb.visual_NE[reps] @ emb.text_NE.T
     truth_tv = [{v} for v in text_to_item]
     truth_vt: list[set[int]] = [set() for _ in reps]
@@ -470,10 +472,10 @@ def captioning(src: SourceConfig, ctx: Context, emb: Embedded | None) -> dict:
         generate_with_ray(src, ctx, answer=False)
     refs: dict[str, list[str]] = {}
     hyps: dict[str, str] = {}
-    for lid, row in _rows_by_label_id(src).items():
-        if lid in generated:  # rows that could not be decoded have no caption to score
+    for key, row in _rows_by_key(src).items():
+        if key in generated:  # rows that could not be decoded have no caption to score
             refs.setdefault(row.uri, []).append(clean_caption(row.text, ctx.decode.max_caption_chars)[0])
-            hyps.setdefault(row.uri, generated[lid])
+            hyps.setdefault(row.uri, generated[key])
     res = scores_with_chance(refs, hyps, java=ctx.cfg.meteor)
     scores, chance = res["scores"], res["chance"]
     table = {f"captioning {m} (x100)": (100 * scores[m], 100 * (chance.get(m) or 0.0))
@@ -492,24 +494,19 @@ def captioning(src: SourceConfig, ctx: Context, emb: Embedded | None) -> dict:
 
 
 def qa(src: SourceConfig, ctx: Context, emb: Embedded | None) -> dict:
-    from omnivl.data.manifest import read_extra_field, read_manifest
-    from omnivl.data.text import label_id_for_pair
     from omnivl.eval.qa import normalize_answer, qa_accuracy
 
     generated = generate_with_ray(src, ctx, answer=True)
-    rows = read_manifest(src)
-    qtypes_all = read_extra_field(src, "qtype")
     preds, answers, qtypes, records = [], [], [], []
-    for row, qtype in zip(rows, qtypes_all):
-        lid = label_id_for_pair(row.source, row.row_index)
-        if lid not in generated:
+    for key, row in _rows_by_key(src).items():
+        if key not in generated:
             continue
-        preds.append(generated[lid])
+        preds.append(generated[key])
         answers.append(row.answer)
-        qtypes.append(qtype or "all")
-        records.append({"item": row.uri, "question": row.question, "answer": row.answer, "qtype": qtype,
-                        "generated": generated[lid],
-                        "correct": normalize_answer(generated[lid]) == normalize_answer(row.answer)})
+        qtypes.append(row.qtype or "all")
+        records.append({"item": row.uri, "question": row.question, "answer": row.answer, "qtype": row.qtype,
+                        "generated": generated[key],
+                        "correct": normalize_answer(generated[key]) == normalize_answer(row.answer)})
     if not records:
         raise ValueError(f"{src.name}: no QA row could be decoded ({src.manifest}); see the bad-input report")
     res = qa_accuracy(preds, answers, qtypes)
@@ -561,13 +558,11 @@ def sample_frames(src: SourceConfig, decode: DecodeConfig, uris: list[str]) -> d
     for r in rows:
         r.text = r.text or "sample"
     decoded, _ = RowDecoder([label_src], decode, src.modality, train=False)(next(row_batches(rows, len(rows))))
-    from omnivl.data.text import label_id_for_pair
-
-    uri_of = {label_id_for_pair(r.source, r.row_index): r.uri for r in rows}
+    uri_of = {r.row_key: r.uri for r in rows}
     out = {}
-    for lid, px in zip(decoded["label_id"], decoded["pixels"]):
+    for key, px in zip(decoded["row_key"], decoded["pixels"]):
         frame = px[px.shape[0] // 2] if px.ndim == 4 else px
-        out[uri_of[int(lid)]] = np.transpose(frame, (1, 2, 0))
+        out[uri_of[str(key)]] = np.transpose(frame, (1, 2, 0))
     return out
 
 

@@ -30,7 +30,7 @@ from omnivl import storage
 from omnivl.spec.jobs import JOBS, TrainingJob
 from omnivl.train import checkpoint as ck
 from omnivl.train.metrics import MetricsFile, plot_curves, progress_line, read_records
-from omnivl.train.schedule import lr_at, modality_at, split_batch, stage_weights, steps_for_stage
+from omnivl.train.schedule import lr_at, modality_at, modality_steps, split_batch, stage_weights, steps_for_stage
 
 log = logging.getLogger(__name__)
 
@@ -92,9 +92,7 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | Non
 
     # our progress lines replace Ray Data's bars, which interleave badly with the workers' output
     ray.data.DataContext.get_current().enable_progress_bars = False
-    datasets, rows = stage_datasets(job, index)
-    weights = stage_weights(stage, set(datasets))
-    total = steps_for_stage(stage, rows, weights)
+    datasets, rows, weights, total = stage_datasets(job, index, run_dir)
     init_export = init_export if index == 0 else None  # later stages start from the stage before
     print(f"stage {stage.name!r}: {total} steps, alternation {weights}, rows {rows}"
           + (f", initialized from {init.uri if init else init_export}" if init or init_export else ""), flush=True)
@@ -157,22 +155,52 @@ def ray_storage_path(run_dir: str) -> str:
     return str(Path(run_dir, "ray").absolute())
 
 
-def stage_datasets(job: TrainingJob, index: int):
-    """One Ray Data stream per modality of the stage, and the row count of each (for epoch lengths)."""
-    from omnivl.cluster.data_pipeline import build_dataset, read_rows
+def stage_datasets(job: TrainingJob, index: int, run_dir: str) -> tuple[dict, dict[str, int], dict[str, int], int]:
+    """(one Ray Data stream per modality of the stage, rows per epoch of each, alternation weights, total
+    steps). Each stream covers the rows the stage's steps consume plus one epoch of slack (skipped bad rows),
+    and starts where the stage's newest checkpoint left it (`ResumeRows`, evaluated when a stream starts)."""
+    from omnivl.cluster.data_pipeline import StreamRange, build_dataset, plan_stream
 
     stage = job.stages[index]
     by_name = {s.name: s for s in job.data.sources}
     sources = [by_name[n] for n in stage.sources]
-    datasets, rows = {}, {}
-    for modality in ("image", "video"):
-        group = [s for s in sources if s.modality == modality]
-        if not group or getattr(stage.batch_size, modality) == 0:
-            continue
-        ds = build_dataset(group, job.data.decode, modality=modality, train=True, seed=job.seed + 1000 * index)
-        datasets[modality] = ds.select_columns(list(TRAIN_COLUMNS))  # `text` stays on the CPU side
-        rows[modality] = len(read_rows(group, modality, train=False, seed=0))
-    return datasets, rows
+    seed = stage_data_seed(job.seed, index)
+    plans = {m: plan_stream(sources, m, seed, job.data.shuffle.window_rows) for m in ("image", "video")
+             if any(s.modality == m for s in sources) and getattr(stage.batch_size, m) > 0}
+    rows = {m: plan.epoch_rows for m, plan in plans.items()}
+    weights = stage_weights(stage, set(plans))
+    total = steps_for_stage(stage, rows, weights)
+    datasets = {}
+    for m, plan in plans.items():
+        per_step = getattr(stage.batch_size, m)
+        end = modality_steps(total, weights)[m] * per_step + plan.epoch_rows
+        start = ResumeRows(run_dir, index, stage.name, weights, m, per_step)
+        ds = build_dataset(sources, job.data.decode, modality=m, train=True, seed=seed, plan=plan,
+                           stream=StreamRange(start, end))
+        datasets[m] = ds.select_columns(list(TRAIN_COLUMNS))  # `text` and `row_key` stay on the CPU side
+    return datasets, rows, weights, total
+
+
+STAGE_SEED_STRIDE = 1000  # stage k's data seed is seed + k * stride: stages draw unrelated orders
+
+
+def stage_data_seed(seed: int, index: int) -> int:
+    return seed + STAGE_SEED_STRIDE * index
+
+
+class ResumeRows:
+    """Picklable: the rows of `modality` a stage has consumed at its newest checkpoint (0 without one), i.e.
+    where its training stream resumes. Every step of that modality takes `per_step` rows (the global batch)."""
+
+    def __init__(self, run_dir: str, index: int, stage: str, weights: dict[str, int], modality: str,
+                 per_step: int) -> None:
+        self.run_dir, self.index, self.stage = run_dir, index, stage
+        self.weights, self.modality, self.per_step = dict(weights), modality, per_step
+
+    def __call__(self) -> int:
+        refs = ck.list_checkpoints(self.run_dir, self.index, self.stage)
+        step = refs[-1].step if refs else 0
+        return modality_steps(step, self.weights)[self.modality] * self.per_step
 
 
 def plot_stage(run_dir: str, stage: str) -> str | None:
@@ -254,7 +282,7 @@ def train_loop_per_worker(config: dict) -> dict:
         print(f"[{stage.name}] resumed from {resumed_from} at step {start_step}", flush=True)
 
     micro = {m: split_batch(getattr(stage.batch_size, m), world, stage.grad_accum).micro for m in weights}
-    streams = Streams(open_stream_fn(micro, job.seed + index, start_step), first_epoch=0)
+    streams = Streams(open_stream_fn(micro))
     metrics_file = MetricsFile(local_metrics_path(run_dir)) if rank == 0 else None
     gauges = TrainGauges(stage.name) if rank == 0 else None
     log_every = max(1, min(10, total // 20 or 1))
@@ -335,14 +363,17 @@ def load_task_state(task, state: dict, with_head: bool) -> None:
         raise RuntimeError(f"checkpoint does not fit the task: missing {missing}, unexpected {result.unexpected_keys}")
 
 
-def open_stream_fn(micro: dict[str, int], seed: int, start_step: int):
+def open_stream_fn(micro: dict[str, int]):
+    """Each modality's shard of its stage stream, in micro-batches. The stream is shuffled where it is read
+    (`omnivl.data.stream`), so no shuffle buffer of decoded pixels is needed here."""
     import ray.train
 
-    def open_stream(modality: str, epoch: int):
+    def open_stream(modality: str, passes: int):
+        if passes:
+            print(f"warning: the {modality} stream ran out (more rows skipped than one epoch of slack); "
+                  "reading it again from the newest checkpoint's position", flush=True)
         shard = ray.train.get_dataset_shard(modality)
-        return iter(shard.iter_torch_batches(batch_size=micro[modality], drop_last=True,
-                                             local_shuffle_buffer_size=4 * micro[modality],
-                                             local_shuffle_seed=seed * 100_003 + start_step * 101 + epoch))
+        return iter(shard.iter_torch_batches(batch_size=micro[modality], drop_last=True))
 
     return open_stream
 
@@ -404,7 +435,7 @@ def save_checkpoint(job, task, optimizer, streams, run_dir, index, step, *, fina
         stage = job.stages[index].name
         state = {"task": task.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
                  "stage_index": index, "stage": stage, "total_steps": total, "world_size": world, "rng": rng,
-                 "data": {"epoch": dict(streams.epoch), "consumed": dict(streams.consumed)}}
+                 "data": {"passes": dict(streams.passes), "consumed": dict(streams.consumed)}}
         ref = ck.save(run_dir, index, stage, step, state, final=final)
         ck.prune(run_dir, index, stage, job.checkpoint.keep_last)
         if storage.is_s3(run_dir):

@@ -17,11 +17,13 @@ DEFAULT_TEMPLATES = {
 
 
 class SourceConfig(Config):
-    """One dataset: a manifest (JSONL/CSV/Parquet, or WebDataset tar shards) and what it holds."""
+    """One dataset: a manifest (JSONL/JSON/CSV/Parquet, or WebDataset tar shards) and what it holds.
+    Columns and layouts: docs/data.md."""
 
     name: str = Field(min_length=1)
-    manifest: str = Field(min_length=1, description="local path, glob of .tar shards, or s3:// URI")
-    format: Literal["auto", "jsonl", "csv", "parquet", "webdataset"] = "auto"
+    manifest: str = Field(min_length=1, description="a file, a glob of files or a directory of files of one "
+                          "format (e.g. .tar shards, Parquet parts), local or s3://")
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "webdataset"] = "auto"
     modality: Literal["image", "video"]
     kind: Literal["text", "label", "qa"] = Field(
         default="text", description="text: captions; label: class names (through `templates`); "
@@ -92,6 +94,19 @@ class DecodeConfig(Config):
     def pool(self, modality: str) -> ActorPoolConfig:
         """The actor pool that decodes `modality`."""
         return self.image_actors if modality == "image" and self.image_actors else self.actors
+
+
+DEFAULT_WINDOW_ROWS = 10_000
+
+
+class ShuffleConfig(Config):
+    """How training streams are shuffled (`omnivl.data.stream`): every epoch the manifest chunks (Parquet
+    row groups, ~8k-row pieces of JSONL/CSV files, WebDataset shards) are permuted, and the rows of
+    consecutive chunks are mixed in windows of at least `window_rows` rows. Memory on a read worker is one
+    window of manifest rows (not pixels); a larger window mixes rows of more chunks into each batch."""
+
+    window_rows: int = Field(default=DEFAULT_WINDOW_ROWS, ge=1,
+                             description="rows shuffled together (the bounded shuffle buffer)")
 
 
 class SynthConfig(Config):

@@ -5,7 +5,7 @@ Output batch (N = rows kept):
   pixels          uint8 [N, 3, S, S] (image) or [N, T, 3, S, S] (video), not normalized
   input_ids       int64 [N, L]  ([CLS]=101 first, padded with 0)
   attention_mask  int64 [N, L]
-  label_id        int64 [N]     (stable hash of "label:<class>" for label data, "<source>:<row>" for pairs
+  label_id        int64 [N]     (stable hash of "label:<class>" for label data, of the row key for pairs
                                  and QA rows)
   prompt_len      int64 [N]     leading tokens of input_ids that are prompt, not target: the LM loss must
                                  ignore every target at a position < prompt_len. With `CaptionLoss` (position
@@ -15,12 +15,14 @@ Output batch (N = rows kept):
                                  the answer and its [SEP]/[EOS] are trained on; `input_ids[1:prompt_len]` is
                                  the generation prompt (`OmniVL.generate(prompt_ids=...)`).
   text            str   [N]     (what was tokenized; QA rows: `text.qa_text(q, a)` = "question: {q} answer: {a}")
+  row_key         str   [N]     the manifest row's key (`omnivl.data.manifest`), as read
 Bad rows are dropped from the output and recorded in the ledger that comes back with it.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import math
 import os
 from dataclasses import dataclass
 
@@ -32,8 +34,9 @@ from omnivl.data import text as text_ops
 from omnivl.data import video as vid_ops
 from omnivl.data.config import DecodeConfig, SourceConfig
 from omnivl.data.manifest import IMAGE_EXTS, VIDEO_EXTS, WHOLE_FILE, read_media
+from omnivl.data.stream import AUGMENT, derive
 
-OUTPUT_COLUMNS = ("pixels", "input_ids", "attention_mask", "label_id", "prompt_len", "text")
+OUTPUT_COLUMNS = ("pixels", "input_ids", "attention_mask", "label_id", "prompt_len", "text", "row_key")
 
 
 @dataclass
@@ -41,6 +44,7 @@ class Sample:
     pixels: np.ndarray
     text: str
     label_id: int
+    row_key: str
     prompt: str = ""  # the part of `text` that is not a target (QA: `qa_prompt(q)`); "" for captions/labels
 
 
@@ -66,10 +70,12 @@ class Watchdog:
 
 
 class RowDecoder:
-    """Decodes batches of manifest rows (columns of `manifest.ROW_SCHEMA`) of one modality.
+    """Decodes batches of manifest rows (columns of `manifest.ROW_SCHEMA`, plus `epoch` in a training stream)
+    of one modality.
 
-    `seed` and `epoch` fix every random choice: a row's generator is seeded from (seed, epoch, source,
-    row_index), so the output does not depend on which worker got the row or in which order."""
+    Every random choice of a row comes from a generator derived from (seed, epoch, row key), so the output
+    does not depend on which worker got the row or in which order, and each epoch differs. A batch's own
+    `epoch` column (the training stream's) wins over the `epoch` given here."""
 
     def __init__(self, sources: list[SourceConfig | dict], decode: DecodeConfig | dict, modality: str,
                  train: bool, seed: int = 0, epoch: int = 0) -> None:
@@ -96,8 +102,8 @@ class RowDecoder:
             return None
 
     def rng_for(self, row: dict) -> np.random.Generator:
-        return np.random.default_rng([self.seed, self.epoch, text_ops.stable_id(row["source"]) & 0xFFFFFFFF,
-                                      int(row["row_index"])])
+        epoch = int(row.get("epoch", self.epoch))
+        return derive(self.seed, AUGMENT, epoch, text_ops.stable_id(row["row_key"]))
 
     def decode_row(self, row: dict, rng: np.random.Generator, ledger: bad.BadInputLedger, where: str) -> Sample:
         """One row -> Sample. Raises BadInput for anything that must be skipped."""
@@ -109,8 +115,8 @@ class RowDecoder:
             prompt, (text, label_id) = "", self._text(source, row, rng, flip, ledger, where)
         check_extension(row["uri"], row["offset"], self.modality)
         data = read_media(row["uri"], row["offset"], row["size"])
-        pixels = self.watchdog.call(self._pixels, data, rng, flip, ledger, where)
-        return Sample(pixels, text, label_id, prompt)
+        pixels = self.watchdog.call(self._pixels, data, rng, flip, ledger, where, clip_window(row))
+        return Sample(pixels, text, label_id, row["row_key"], prompt)
 
     def _qa_text(self, row: dict, flip: bool) -> tuple[str, str, int]:
         """(prompt, full text, label id) of a QA row; a flip swaps left/right in question and answer."""
@@ -120,7 +126,7 @@ class RowDecoder:
         if flip:
             question, answer = text_ops.swap_left_right(question), text_ops.swap_left_right(answer)
         return (text_ops.qa_prompt(question), text_ops.qa_text(question, answer),
-                text_ops.label_id_for_pair(row["source"], int(row["row_index"])))
+                text_ops.label_id_for_pair(row["row_key"]))
 
     def _text(self, source: SourceConfig, row: dict, rng, flip: bool, ledger, where: str) -> tuple[str, int]:
         if source.kind == "label":
@@ -136,13 +142,14 @@ class RowDecoder:
             ledger.repair(bad.CAPTION_TRUNCATED, where)
         if flip:
             caption = text_ops.swap_left_right(caption)
-        return caption, text_ops.label_id_for_pair(row["source"], int(row["row_index"]))
+        return caption, text_ops.label_id_for_pair(row["row_key"])
 
-    def _pixels(self, data: bytes, rng, flip: bool, ledger, where: str) -> np.ndarray:
+    def _pixels(self, data: bytes, rng, flip: bool, ledger, where: str, window) -> np.ndarray:
         size = self.cfg.image_size
         if self.modality == "video":
             frames, repeated = vid_ops.decode_clip(data, self.cfg.num_frames, size, self.train, rng,
-                                                   self.cfg.decode_threads, self.cfg.max_image_pixels)
+                                                   self.cfg.decode_threads, self.cfg.max_image_pixels,
+                                                   **({"window": window} if window else {}))  # TEMP
             if repeated:
                 ledger.repair(bad.VIDEO_SHORT_REPEATED, where)
             if self.train:
@@ -171,11 +178,21 @@ class RowDecoder:
             "label_id": np.asarray([s.label_id for s in samples], dtype=np.int64),
             "prompt_len": prompt_len,
             "text": np.asarray([s.text for s in samples], dtype=object),
+            "row_key": np.asarray([s.row_key for s in samples], dtype=object),
         }
 
     def pixel_shape(self) -> tuple[int, ...]:
         s = self.cfg.image_size
         return (self.cfg.num_frames, 3, s, s) if self.modality == "video" else (3, s, s)
+
+
+def clip_window(row: dict) -> tuple[float, float] | None:
+    """A row's (start_s, end_s) clip window inside its video, None for the whole file. A missing bound is
+    the video's start or end."""
+    start, end = row.get("start_s", math.nan), row.get("end_s", math.nan)
+    if math.isnan(start) and math.isnan(end):
+        return None
+    return (0.0 if math.isnan(start) else float(start), math.inf if math.isnan(end) else float(end))
 
 
 def check_extension(uri: str, offset: int, modality: str) -> None:

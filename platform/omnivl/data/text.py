@@ -127,6 +127,6 @@ def label_id_for_class(class_name: str) -> int:
     return stable_id(f"label:{class_name}") | CLASS_LABEL_BIT
 
 
-def label_id_for_pair(source: str, row_index: int) -> int:
-    """Each caption pair is its own class; bit 62 clear."""
-    return stable_id(f"{source}:{row_index}") & ~CLASS_LABEL_BIT
+def label_id_for_pair(row_key: str) -> int:
+    """Each caption pair is its own class, identified by its manifest row key; bit 62 clear."""
+    return stable_id(row_key) & ~CLASS_LABEL_BIT

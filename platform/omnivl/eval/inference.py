@@ -19,7 +19,7 @@ def _pixels(batch: dict) -> torch.Tensor:
 @torch.no_grad()
 def embed_batch(model, batch: dict, modality: str) -> dict:
     """visual [N,E] (normalized, shared space), features [N,D] (the visual [CLS] before projection: what a
-    linear probe reads), text_emb [N,E], plus label_id and text passed through."""
+    linear probe reads), text_emb [N,E], plus label_id, text and row_key passed through."""
     device = model.pixel_mean.device  # pixels move in `normalize_pixels`; token ids must be moved here
     ids = torch.as_tensor(np.asarray(batch["input_ids"]), device=device)
     mask = torch.as_tensor(np.asarray(batch["attention_mask"]), device=device)
@@ -27,7 +27,8 @@ def embed_batch(model, batch: dict, modality: str) -> dict:
     return {"visual": model.project_visual(cls_BD).float().cpu().numpy(),
             "features": cls_BD.float().cpu().numpy(),
             "text_emb": model.encode_text(ids, mask).float().cpu().numpy(),
-            "label_id": np.asarray(batch["label_id"]), "text": np.asarray(batch["text"], dtype=object)}
+            "label_id": np.asarray(batch["label_id"]), "text": np.asarray(batch["text"], dtype=object),
+            "row_key": np.asarray(batch["row_key"], dtype=object)}
 
 
 @torch.no_grad()
@@ -71,13 +72,12 @@ def prompt_ids(batch: dict, pad: int = 0) -> torch.Tensor:
 def generate_batch(model, batch: dict, modality: str, tokenizer, settings: GenerationSettings,
                    answer: bool) -> dict:
     """Generated text per row: a caption (no prompt), or with `answer` the answer to the row's question
-    (prompt `input_ids[1:prompt_len]`, i.e. `question: {q} answer:`). Columns label_id, generated."""
-    label_id = np.asarray(batch["label_id"])
-    if len(label_id) == 0:
-        return {"label_id": label_id.astype(np.int64), "generated": np.asarray([], dtype=object)}
+    (prompt `input_ids[1:prompt_len]`, i.e. `question: {q} answer:`). Columns row_key, generated."""
+    row_key = np.asarray(batch["row_key"], dtype=object)
+    if len(row_key) == 0:
+        return {"row_key": row_key, "generated": np.asarray([], dtype=object)}
     prompts = prompt_ids(batch, model.tokens.pad) if answer else None
     new_BN = model.generate(_pixels(batch), modality, prompt_ids=prompts, method=settings.method,
                             max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams)
     texts = tokenizer.batch_decode(new_BN.cpu().tolist(), skip_special_tokens=True)
-    return {"label_id": label_id.astype(np.int64),
-            "generated": np.asarray([" ".join(t.split()) for t in texts], dtype=object)}
+    return {"row_key": row_key, "generated": np.asarray([" ".join(t.split()) for t in texts], dtype=object)}

@@ -19,7 +19,7 @@ EMBED_CHUNK = 32
 
 @dataclass(frozen=True)
 class GalleryItem:
-    index: int  # row of the manifest
+    index: int  # position among the gallery's manifest rows
     uri: str
     text: str
     modality: str
@@ -73,7 +73,7 @@ def decode_gallery(manifest: str, modality: str, image_size: int, num_frames: in
     decoder = RowDecoder([source], decode, modality, train=False)
     ledger = bad.BadInputLedger()
     items, pixels = [], []
-    for row in rows:
+    for position, row in enumerate(rows):
         r = vars(row)
         try:
             if row.row_error:
@@ -82,7 +82,7 @@ def decode_gallery(manifest: str, modality: str, image_size: int, num_frames: in
         except bad.BadInput as exc:
             ledger.skip(exc.reason, row.where, row.source, exc.detail)
             continue
-        items.append(GalleryItem(row.row_index, row.uri, row.text or row.label, modality))
+        items.append(GalleryItem(position, row.uri, row.text or row.label, modality))
         pixels.append(sample.pixels)
     stacked = np.stack(pixels) if pixels else np.zeros((0,), np.uint8)
     return items, stacked, dict(ledger.skipped)

@@ -10,7 +10,7 @@ from typing import Literal
 
 from pydantic import Field, PrivateAttr
 
-from omnivl.data.config import DecodeConfig, SourceConfig, SynthConfig
+from omnivl.data.config import DecodeConfig, ShuffleConfig, SourceConfig, SynthConfig
 from omnivl.eval.config import EvalConfig, source_issues
 from omnivl.models.config import ModelConfig
 from omnivl.pipeline.refs import find_refs
@@ -36,6 +36,7 @@ class JobSpec(Config):
 class DataSpec(Config):
     sources: list[SourceConfig] = Field(min_length=1)
     decode: DecodeConfig = DecodeConfig()
+    shuffle: ShuffleConfig = ShuffleConfig()
 
 
 @JOBS.register("synth")

@@ -50,30 +50,31 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 class Streams:
-    """One restartable batch iterator per modality: an exhausted stream is reopened as a new epoch.
+    """One batch iterator per modality, opened on first use. A training stream already spans every epoch the
+    stage needs (`omnivl.data.stream`); running out of it means more rows were skipped than its slack, and
+    the stream is opened again (`passes` counts those reopenings).
 
-    `open_fn(modality, epoch)` returns a fresh iterator; it is called at the same step on every rank because
+    `open_fn(modality, passes)` returns a fresh iterator; it is called at the same step on every rank because
     every rank consumes the same number of batches (drop_last) on the same schedule.
     """
 
-    def __init__(self, open_fn: Callable[[str, int], Iterator[Batch]], first_epoch: int = 0) -> None:
+    def __init__(self, open_fn: Callable[[str, int], Iterator[Batch]]) -> None:
         self._open = open_fn
         self._iters: dict[str, Iterator[Batch]] = {}
-        self.epoch: dict[str, int] = {}
+        self.passes: dict[str, int] = {}
         self.consumed: dict[str, int] = {}
-        self._first_epoch = first_epoch
 
     def next(self, modality: str) -> tuple[Batch, float]:
         """The next batch of `modality` and the seconds spent waiting for it."""
         start = time.perf_counter()
         if modality not in self._iters:
-            self.epoch[modality] = self._first_epoch
-            self._iters[modality] = self._open(modality, self.epoch[modality])
+            self.passes[modality] = 0
+            self._iters[modality] = self._open(modality, 0)
         try:
             batch = next(self._iters[modality])
         except StopIteration:
-            self.epoch[modality] += 1
-            self._iters[modality] = self._open(modality, self.epoch[modality])
+            self.passes[modality] += 1
+            self._iters[modality] = self._open(modality, self.passes[modality])
             try:
                 batch = next(self._iters[modality])
             except StopIteration:

@@ -49,6 +49,17 @@ def modality_at(step: int, weights: dict[str, int]) -> str:
     return choice
 
 
+def modality_steps(steps: int, weights: dict[str, int]) -> dict[str, int]:
+    """How many of the first `steps` steps use each modality (`modality_at`'s pattern, counted)."""
+    active = {m: w for m, w in weights.items() if w > 0}
+    period = sum(active.values())
+    full, rest = divmod(steps, period)
+    counts = {m: full * w for m, w in active.items()}
+    for step in range(rest):
+        counts[modality_at(step, weights)] += 1
+    return counts
+
+
 def stage_weights(stage: StageConfig, modalities: set[str]) -> dict[str, int]:
     """The alternation weights restricted to the modalities a stage actually has."""
     return {m: stage.schedule.get(m, 1) for m in sorted(modalities) if getattr(stage.batch_size, m) > 0}
