@@ -37,7 +37,8 @@ def join(base: str, *parts: str) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _s3(endpoint: str | None, region: str | None) -> pafs.S3FileSystem:
-    kwargs = {"allow_bucket_creation": True}
+    # Never create buckets: a typo in an output URI must fail, not write into a new bucket nobody watches.
+    kwargs = {"allow_bucket_creation": False, "allow_bucket_deletion": False}
     if endpoint:
         kwargs["endpoint_override"] = endpoint
         kwargs["scheme"] = "https" if endpoint.startswith("https") else "http"
@@ -54,6 +55,29 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
         return _s3(endpoint, region), uri[len("s3://"):]
     return pafs.LocalFileSystem(), os.path.abspath(uri)
+
+
+class MissingBucketError(FileNotFoundError):
+    """An s3:// URI names a bucket that does not exist (or that these credentials cannot see)."""
+
+
+_KNOWN_BUCKETS: set[tuple[str, str]] = set()
+
+
+def require_bucket(uri: str) -> None:
+    """Raise MissingBucketError naming `uri` if it is on S3 and its bucket does not exist. Checked once per
+    bucket per process, before the first write; local paths pass."""
+    if not is_s3(uri):
+        return
+    bucket = uri[len("s3://"):].split("/", 1)[0]
+    fs, _ = filesystem(uri)
+    key = (str(id(fs)), bucket)
+    if key in _KNOWN_BUCKETS:
+        return
+    if fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+        raise MissingBucketError(f"{uri}: S3 bucket {bucket!r} does not exist (omnivl never creates buckets; "
+                                 "check the URI for a typo, or create the bucket first)")
+    _KNOWN_BUCKETS.add(key)
 
 
 def exists(uri: str) -> bool:
@@ -89,6 +113,7 @@ def write_bytes(uri: str, data: bytes) -> None:
     an S3 PUT is atomic per object already."""
     fs, path = filesystem(uri)
     if is_s3(uri):
+        require_bucket(uri)
         with fs.open_output_stream(path) as f:
             f.write(data)
         return
@@ -121,6 +146,7 @@ def delete_dir(uri: str) -> None:
 
 def upload_dir(local_dir: str | Path, uri: str) -> None:
     """Copy a local directory tree to `uri` (local or s3)."""
+    require_bucket(uri)
     dst_fs, dst = filesystem(uri)
     pafs.copy_files(str(local_dir), dst, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=dst_fs)
 
@@ -137,6 +163,7 @@ def staged_output(uri: str) -> Iterator[Path]:
     """A local directory to write `uri`'s contents into. Local: a sibling temp dir renamed into place on success.
     S3: a temp dir uploaded on success. On error nothing is published."""
     if is_s3(uri):
+        require_bucket(uri)  # before the caller does the work, not after
         with tempfile.TemporaryDirectory(prefix="omnivl-stage-") as tmp:
             yield Path(tmp)
             upload_dir(tmp, uri)

@@ -1,13 +1,15 @@
-"""`omnivl data synth|inspect` and `omnivl bench data`: thin wrappers over omnivl.data and the data bench."""
+"""`omnivl data synth|inspect|import` and `omnivl bench data`: thin wrappers over omnivl.data and the data bench."""
 
 from __future__ import annotations
 
 import json
+import sys
 
 
 def register(groups) -> None:
     _synth(groups["data"])
     _inspect(groups["data"])
+    _import(groups["data"])
     _bench(groups["bench"])
 
 
@@ -75,6 +77,43 @@ def run_inspect(args) -> int:
     return 1 if bad["skipped_fraction"] > args.max_bad_fraction else 0
 
 
+def _import(sub) -> None:
+    from omnivl.data.importers import IMPORTERS, VQA_IMAGE_PATTERN
+
+    p = sub.add_parser("import", help="convert a dataset's annotation files (COCO, Karpathy, MSR-VTT, WebVid, "
+                                      "Kinetics, image folder, VQA) into a Parquet manifest")
+    p.add_argument("format", choices=sorted(IMPORTERS))
+    p.add_argument("sources", nargs="+", metavar="SRC",
+                   help="annotation files (imagefolder: root directories; vqa: questions and annotations JSON)")
+    p.add_argument("--out", required=True, help="manifest to write (.parquet, local or s3://)")
+    p.add_argument("--media-root", default=None, help="where the media files are (default: the first SRC's directory)")
+    p.add_argument("--split", default=None, help="keep only rows of this split (formats that state splits)")
+    p.add_argument("--drop-missing", action="store_true",
+                   help="leave out rows whose media file is missing (default: keep them; both report them)")
+    p.add_argument("--image-pattern", default=None, help=f"vqa: image file name (default {VQA_IMAGE_PATTERN!r})")
+    p.add_argument("--subset", default=None,
+                   help="vqa: {subset} of the pattern if the questions JSON has no data_subtype")
+    p.set_defaults(func=run_import)
+
+
+def run_import(args) -> int:
+    from omnivl.data.importers import import_dataset
+
+    try:
+        s = import_dataset(args.format, args.sources, args.out, media_root=args.media_root, split=args.split,
+                           drop_missing=args.drop_missing, image_pattern=args.image_pattern, subset=args.subset)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {s.rows} rows to {s.manifest} (" + " ".join(f"{k}={n}" for k, n in sorted(s.splits.items())) + ")")
+    if s.missing:
+        fate = "left out (--drop-missing)" if s.dropped else "kept: decoding counts them as missing_file"
+        print(f"missing media: {s.missing} rows, {fate}; first ones:")
+        print("\n".join(f"  {uri}" for uri in s.missing_examples))
+    print(f"source config: manifest: {s.manifest}, modality: {s.modality}, kind: {s.kind}")
+    return 0
+
+
 def _bench(sub) -> None:
     from omnivl.cluster.data_bench import BenchConfig
 
@@ -83,6 +122,31 @@ def _bench(sub) -> None:
         p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--json", default=None, help="also write the figures to this file")
     p.set_defaults(func=run_bench)
+    _bench_manifest(sub)
+
+
+def _bench_manifest(sub) -> None:
+    from omnivl.cluster.manifest_bench import ManifestBenchConfig
+
+    p = sub.add_parser("manifest", help="time to first batch and driver peak RSS of a training stream, by "
+                                        "manifest size (Parquet rows over a few real JPEGs)")
+    for name, value in vars(ManifestBenchConfig()).items():
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    p.add_argument("--json", default=None, help="also write the figures to this file")
+    p.set_defaults(func=run_bench_manifest)
+
+
+def run_bench_manifest(args) -> int:
+    from dataclasses import fields
+
+    from omnivl.cluster.manifest_bench import ManifestBenchConfig, run
+
+    cfg = ManifestBenchConfig(**{f.name: getattr(args, f.name) for f in fields(ManifestBenchConfig)})
+    results = run(cfg)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
 
 
 def run_bench(args) -> int:

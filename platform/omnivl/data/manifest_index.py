@@ -5,7 +5,8 @@ What each format costs the planner (the driver, in a Ray job):
   JSONL, CSV   a row index: the byte offset of every `INDEX_CHUNK_ROWS`-th row. Computed once by a scan of the
                file (through `mapper`, i.e. on a Ray worker in a job) and cached beside the file as
                `<file>.omnivl-index.json` (or under `OMNIVL_CACHE_DIR` where that is not writable); valid
-               while the file's size and modification time are unchanged. Small files are scanned here.
+               while the file's size and modification time are unchanged. When all the files to scan are
+               small together (<= 16 MiB), they are scanned here instead, uncached.
   WebDataset   the shard list; per-shard sample counts from a `sizes.json` beside the shards (the WebDataset
                convention) or, like JSONL, scanned once and cached.
   JSON         a JSON array read whole: small manifests only (convert large ones to JSONL or Parquet).
@@ -31,12 +32,13 @@ from omnivl.data.config import SourceConfig
 from omnivl.data.manifest import Chunk, csv_header, detect_format, json_rows, split_member_key
 
 INDEX_CHUNK_ROWS = 8192  # rows per JSONL/CSV chunk (Parquet chunks are the file's own row groups)
-INLINE_INDEX_MAX_BYTES = 16 * 2**20  # files up to this size are indexed where they are planned, uncached
+INLINE_INDEX_MAX_BYTES = 16 * 2**20  # files to scan that sum to at most this are scanned where planned, uncached
 JSON_MAX_BYTES = 64 * 2**20  # a .json manifest is one document; above this, JSONL or Parquet is required
 INDEX_SUFFIX = ".omnivl-index.json"
 INDEX_VERSION = 1
 SIZES_FILE = "sizes.json"  # WebDataset convention: {"shard-000000.tar": samples, ...} beside the shards
 FOOTER_THREADS = 16  # Parquet footers are small reads, mostly latency on S3: read many at once
+LOOKUP_THREADS = 16  # the same for file sizes and cached indexes
 FORMAT_EXTS = {"jsonl": ".jsonl", "json": ".json", "csv": ".csv", "parquet": ".parquet", "webdataset": ".tar"}
 
 Mapper = Callable[[Callable, list], list]
@@ -156,17 +158,20 @@ def _sizes_json(files: list[str]) -> dict[str, int]:
 # --- row indexes of JSONL/CSV files and tar shards ------------------------------------------------------------
 
 def _indexes(files: list[str], fmt: str, mapper: Mapper) -> list[dict]:
-    """The row index of each file: from its cache when fresh, else scanned (small files here, the rest
-    through `mapper`) and cached."""
-    infos = {f: _file_info(f) for f in files}
-    found = {f: _cached_index(f, infos[f]) for f in files}
-    small = [f for f in files if found[f] is None and infos[f].size <= INLINE_INDEX_MAX_BYTES]
-    large = [f for f in files if found[f] is None and infos[f].size > INLINE_INDEX_MAX_BYTES]
-    for f in small:
-        found[f] = index_file(f, fmt)
-    for f, index in zip(large, mapper(_IndexJob(fmt), large) if large else []):
-        found[f] = index
-        _store_index(f, index)
+    """The row index of each file: from its cache when fresh; else scanned and cached, through `mapper` (on
+    workers, in parallel) unless all the files to scan together are small enough to scan here."""
+    if not files:
+        return []
+    with cf.ThreadPoolExecutor(min(LOOKUP_THREADS, len(files))) as pool:  # S3 lookups are mostly latency
+        infos = list(pool.map(_file_info, files))
+        found = dict(zip(files, pool.map(_cached_index, files, infos)))
+    todo = [f for f in files if found[f] is None]
+    if sum(i.size for f, i in zip(files, infos) if found[f] is None) <= INLINE_INDEX_MAX_BYTES:
+        found.update({f: index_file(f, fmt) for f in todo})  # small: cheaper than caching
+    elif todo:
+        for f, index in zip(todo, mapper(_IndexJob(fmt), todo)):
+            found[f] = index
+            _store_index(f, index)
     return [found[f] for f in files]
 
 
