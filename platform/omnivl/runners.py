@@ -8,6 +8,7 @@ from omnivl.spec.jobs import JobSpec
 
 RUNNERS = {
     "synth": "omnivl.data.synth:run_job",
+    "import": "omnivl.data.importers:run_job",
     "pretrain": "omnivl.cluster.pretrain:run_job",
     "finetune": "omnivl.cluster.finetune:run_job",
     "evaluate": "omnivl.cluster.evaluate:run_job",

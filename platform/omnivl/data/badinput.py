@@ -20,6 +20,7 @@ DECOMPRESSION_BOMB = "decompression_bomb"
 VIDEO_CORRUPT = "video_corrupt"
 VIDEO_NO_STREAM = "video_no_stream"
 VIDEO_EMPTY = "video_no_frames"
+CLIP_WINDOW_EMPTY = "clip_window_empty"  # the row's start_s/end_s window holds no frame of its video
 DECODE_TIMEOUT = "decode_timeout"
 READ_ERROR = "read_error"
 CAPTION_EMPTY = "caption_empty"

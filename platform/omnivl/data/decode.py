@@ -149,7 +149,7 @@ class RowDecoder:
         if self.modality == "video":
             frames, repeated = vid_ops.decode_clip(data, self.cfg.num_frames, size, self.train, rng,
                                                    self.cfg.decode_threads, self.cfg.max_image_pixels,
-                                                   **({"window": window} if window else {}))  # TEMP
+                                                   window=window)
             if repeated:
                 ledger.repair(bad.VIDEO_SHORT_REPEATED, where)
             if self.train:

@@ -9,6 +9,10 @@ the whole video at full size.
 
 Videos with fewer than T frames are NOT skipped: their frames are repeated (segment boundaries fall inside
 one frame, so indices repeat in order). The row is counted as `video_short_frames_repeated`.
+
+A row may name a **clip window** (start_s, end_s) inside a longer video (Kinetics rows point into full
+YouTube videos): the T segments then split the frames inside the window only, and a window shorter than T
+frames repeats frames the same way.
 """
 
 from __future__ import annotations
@@ -65,6 +69,31 @@ def sample_frame_indices(num_frames: int, t: int, train: bool, rng: np.random.Ge
     return np.clip(np.floor(positions).astype(np.int64), 0, num_frames - 1)
 
 
+# Slack when turning seconds into frame positions: a bound that lands on a frame's timestamp up to float
+# error (2.0 s * 29.97 fps) must count as landing on it, not just past it.
+WINDOW_FRAME_EPS = 1e-6
+
+
+def window_frame_range(num_frames: int, fps: float, window: tuple[float, float]) -> tuple[int, int]:
+    """[first, stop) indices of the frames whose timestamps `index / fps` lie in [start_s, end_s), clamped
+    to [0, num_frames). `end_s` may be `math.inf` (to the end of the video). Raises BadInput(clip_window_empty)
+    when no frame is inside (a window past the end, or end_s <= start_s) and BadInput(video_corrupt) when
+    the video has no frame rate to place the window with."""
+    start_s, end_s = window
+    if math.isnan(start_s) or math.isnan(end_s):
+        raise ValueError(f"clip window bounds must be numbers, got {window}")
+    if not fps > 0:
+        raise bad.BadInput(bad.VIDEO_CORRUPT, f"no frame rate (fps={fps}) to place clip window {window}")
+    # Clamp positions before ceil: end_s may be inf, and a far start_s must not overflow.
+    first = math.ceil(min(max(start_s, 0.0) * fps, num_frames) - WINDOW_FRAME_EPS)
+    stop = math.ceil(min(end_s * fps, num_frames) - WINDOW_FRAME_EPS)
+    first, stop = max(first, 0), min(stop, num_frames)
+    if stop <= first:
+        raise bad.BadInput(bad.CLIP_WINDOW_EMPTY, f"window {start_s:g}-{end_s:g}s holds no frame of a "
+                                                  f"{num_frames}-frame video at {fps:g} fps")
+    return first, stop
+
+
 DECODE_WIDTH_MULTIPLE = 32
 
 
@@ -79,10 +108,12 @@ def decoded_size(height: int, width: int, short_side: int) -> tuple[int, int]:
 
 
 def decode_clip(data: bytes, t: int, short_side: int, train: bool, rng: np.random.Generator | None = None,
-                threads: int = 1, max_pixels: int = 64_000_000, sample_only: bool = True) -> tuple[np.ndarray, bool]:
+                threads: int = 1, max_pixels: int = 64_000_000, sample_only: bool = True,
+                window: tuple[float, float] | None = None) -> tuple[np.ndarray, bool]:
     """Bytes -> (uint8 [T, H, W, 3] with min(H, W) ~ short_side, whether frames were repeated).
-    `sample_only=False` decodes every frame and then picks (the benchmark's baseline).
-    Raises BadInput(video_no_stream | video_corrupt | video_no_frames | decompression_bomb)."""
+    `window` = (start_s, end_s): sample only frames inside it (`window_frame_range`; end_s may be inf);
+    None: the whole video. `sample_only=False` decodes every frame and then picks (the benchmark's baseline).
+    Raises BadInput(video_no_stream | video_corrupt | video_no_frames | clip_window_empty | decompression_bomb)."""
     import decord
 
     info = probe_video(data, max_pixels)
@@ -95,12 +126,13 @@ def decode_clip(data: bytes, t: int, short_side: int, train: bool, rng: np.rando
         n = len(reader)
         if n == 0:
             raise bad.BadInput(bad.VIDEO_EMPTY, "video stream has no frames")
-        idx = sample_frame_indices(n, t, train, rng)
+        first, stop = (0, n) if window is None else window_frame_range(n, reader.get_avg_fps(), window)
+        idx = first + sample_frame_indices(stop - first, t, train, rng)
         frames = _read_frames(reader, idx, n, sample_only)
     finally:
         # decord keeps decoder buffers alive with the reader (dmlc/decord#197): reset and drop it now.
         _release(reader)
-    return frames, n < t
+    return frames, stop - first < t
 
 
 def _read_frames(reader, idx: np.ndarray, n: int, sample_only: bool) -> np.ndarray:

@@ -9,6 +9,7 @@ import importlib
 _EXPORTS = {
     "SpecError": "omnivl.spec.errors", "SpecIssue": "omnivl.spec.errors",
     "JOBS": "omnivl.spec.jobs", "EvaluateJob": "omnivl.spec.jobs", "FinetuneJob": "omnivl.spec.jobs", "JobSpec": "omnivl.spec.jobs",
+    "ImportJob": "omnivl.spec.jobs",
     "PipelineJob": "omnivl.spec.jobs", "PretrainJob": "omnivl.spec.jobs", "ServeJob": "omnivl.spec.jobs",
     "SynthJob": "omnivl.spec.jobs", "TrainingJob": "omnivl.spec.jobs",
     "load_spec": "omnivl.spec.loader", "schema": "omnivl.spec.loader", "validate_spec": "omnivl.spec.loader",

@@ -47,6 +47,26 @@ class SynthJob(JobSpec):
     corpus: SynthConfig = SynthConfig()
 
 
+# The formats of omnivl.data.importers.IMPORTERS (kept here so validating a spec never imports pyarrow).
+ImportFormat = Literal["coco", "karpathy", "msrvtt", "webvid", "kinetics", "imagefolder", "vqa"]
+
+
+@JOBS.register("import")
+class ImportJob(JobSpec):
+    """Convert a dataset's own annotation files into the manifest `<output>/manifest.parquet`
+    (omnivl.data.importers; an option the format does not read is an error when the job runs)."""
+
+    kind: Literal["import"] = "import"
+    format: ImportFormat
+    sources: list[str] = Field(min_length=1, description="annotation files (imagefolder: root directories; "
+                                                         "vqa: the questions and the annotations JSON)")
+    media_root: str | None = Field(default=None, description="media directory; default: the first source's")
+    split: str | None = Field(default=None, description="keep only this split (formats that state splits)")
+    drop_missing: bool = Field(default=False, description="leave out rows whose media file is missing")
+    image_pattern: str | None = Field(default=None, description="vqa: image file name pattern")
+    subset: str | None = Field(default=None, description="vqa: {subset} when the questions JSON has none")
+
+
 class TrainingJob(JobSpec):
     """What every Ray Train job kind has: the model, its data, stages run in order, workers, checkpoints."""
 
