@@ -116,46 +116,29 @@ def run_import(args) -> int:
 
 def _bench(sub) -> None:
     from omnivl.cluster.data_bench import BenchConfig
-
-    p = sub.add_parser("data", help="decode throughput per core: Ray Data vs plain loop vs torch DataLoader")
-    for name, value in vars(BenchConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
-    p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.set_defaults(func=run_bench)
-    _bench_manifest(sub)
-
-
-def _bench_manifest(sub) -> None:
     from omnivl.cluster.manifest_bench import ManifestBenchConfig
 
-    p = sub.add_parser("manifest", help="time to first batch and driver peak RSS of a training stream, by "
-                                        "manifest size (Parquet rows over a few real JPEGs)")
-    for name, value in vars(ManifestBenchConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(value), default=value)
+    _bench_command(sub, "data", "decode throughput per core: Ray Data vs plain loop vs torch DataLoader",
+                   BenchConfig, "omnivl.cluster.data_bench")
+    _bench_command(sub, "manifest", "time to first batch and driver peak RSS of a training stream, by manifest "
+                   "size (Parquet rows over a few real JPEGs)", ManifestBenchConfig, "omnivl.cluster.manifest_bench")
+
+
+def _bench_command(sub, name: str, help_text: str, config_type, module: str) -> None:
+    """`omnivl bench NAME`: one flag per field of the benchmark's config dataclass, then `module.run(cfg)`."""
+    p = sub.add_parser(name, help=help_text)
+    for field, value in vars(config_type()).items():
+        p.add_argument(f"--{field.replace('_', '-')}", type=type(value), default=value)
     p.add_argument("--json", default=None, help="also write the figures to this file")
-    p.set_defaults(func=run_bench_manifest)
+    p.set_defaults(func=lambda args: run_bench(args, config_type, module))
 
 
-def run_bench_manifest(args) -> int:
+def run_bench(args, config_type, module: str) -> int:
+    import importlib
     from dataclasses import fields
 
-    from omnivl.cluster.manifest_bench import ManifestBenchConfig, run
-
-    cfg = ManifestBenchConfig(**{f.name: getattr(args, f.name) for f in fields(ManifestBenchConfig)})
-    results = run(cfg)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=2)
-    return 0
-
-
-def run_bench(args) -> int:
-    from dataclasses import fields
-
-    from omnivl.cluster.data_bench import BenchConfig, run
-
-    cfg = BenchConfig(**{f.name: getattr(args, f.name) for f in fields(BenchConfig)})
-    report = run(cfg)
+    cfg = config_type(**{f.name: getattr(args, f.name) for f in fields(config_type)})
+    report = importlib.import_module(module).run(cfg)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)

@@ -44,6 +44,10 @@ log = logging.getLogger(__name__)
 NAMESPACE = "omnivl"
 DEFAULT_LEDGER = "omnivl-data-ledger"
 CPU_POOL = {"pool": "cpu-decode"}
+# Read tasks parse manifest chunks: light next to decoding. They reserve no CPU, so a decode pool that takes
+# every CPU of its nodes cannot starve them (and deadlock the stream); their number is capped instead.
+READ_TASK_CPUS = 0
+MAX_CONCURRENT_READS = 2
 
 
 @ray.remote(num_cpus=0, max_concurrency=8)
@@ -217,7 +221,9 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
     pool = decode.pool(modality)
     extra = {"label_selector": selector} if selector else {}
     source = ManifestDatasource(plan, chosen, stream if train else None)
-    return ray.data.read_datasource(source, ray_remote_args=extra).map_batches(
+    reads = ray.data.read_datasource(source, ray_remote_args={"num_cpus": READ_TASK_CPUS, **extra},
+                                     concurrency=max(1, min(MAX_CONCURRENT_READS, len(source.units()))))
+    return reads.map_batches(
         _DecodeActor,
         fn_constructor_kwargs={
             "sources": [s.to_dict() for s in chosen], "decode": decode.to_dict(), "modality": modality,
