@@ -23,6 +23,9 @@ def _synth(sub) -> None:
     p.set_defaults(func=run_synth)
 
 
+GUESS_ROWS = 1000
+
+
 def _guess_kind(rows) -> str:
     if any(r.question for r in rows):
         return "qa"
@@ -64,7 +67,7 @@ def run_inspect(args) -> int:
     from omnivl.data.manifest import read_manifest
 
     probe = SourceConfig(name="inspect", manifest=args.source, format=args.format, modality="image")
-    rows = read_manifest(probe)
+    rows = read_manifest(probe, limit=GUESS_ROWS)  # a sample is enough to guess modality and kind
     modality = args.modality or guess_modality(rows)
     kind = args.kind or _guess_kind(rows)
     source = probe.model_copy(update={"modality": modality, "kind": kind})

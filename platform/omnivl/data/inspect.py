@@ -30,17 +30,20 @@ def guess_modality(manifest_rows) -> str:
 
 
 def decode_source(source: SourceConfig, decode: DecodeConfig, limit: int | None = None):
-    """(rows read, decoded batch of up to `limit` rows, ledger) for a source, decoded in eval mode."""
-    rows = read_manifest(source)
+    """(rows in the manifest, decoded batch of its first `limit` rows (all without), ledger) for a source,
+    decoded in eval mode. Rows beyond `limit` are counted from the plan, not read."""
+    from omnivl.data.manifest_index import plan_source
+
+    total = sum(c.num_rows for c in plan_source(source))
+    chosen = read_manifest(source, limit)
     decoder = RowDecoder([source], decode, source.modality, train=False)
     ledger, parts = BadInputLedger(), []
-    chosen = rows[:limit] if limit else rows
     for cols in row_batches(chosen, BATCH):
         out, delta = decoder(cols)
         ledger.merge(delta)
         parts.append(out)
     merged = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]} if parts else {}
-    return rows, merged, ledger
+    return total, merged, ledger
 
 
 def contact_sheet(pixels: np.ndarray, captions: list[str], max_rows: int = 8) -> Image.Image:
@@ -62,12 +65,12 @@ def contact_sheet(pixels: np.ndarray, captions: list[str], max_rows: int = 8) ->
 def inspect(source: SourceConfig, decode: DecodeConfig, png: str, samples: int = 8, limit: int | None = None) -> dict:
     """Decode (up to `limit` rows of) `source`, write a contact sheet of `samples` rows to `png`, return the
     summary: rows, decoded, bad-input report."""
-    rows, out, ledger = decode_source(source, decode, limit)
+    total, out, ledger = decode_source(source, decode, limit)
     if out and len(out["pixels"]):
         os.makedirs(os.path.dirname(os.path.abspath(png)), exist_ok=True)
         contact_sheet(out["pixels"], list(out["text"]), samples).save(png)
     else:
         png = None
     return {"source": source.name, "manifest": source.manifest, "modality": source.modality, "kind": source.kind,
-            "rows": len(rows), "checked": ledger.seen, "decoded": int(len(out.get("label_id", []))),
+            "rows": total, "checked": ledger.seen, "decoded": int(len(out.get("label_id", []))),
             "contact_sheet": png, "bad_inputs": ledger.summary()}

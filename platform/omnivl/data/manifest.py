@@ -327,15 +327,18 @@ def media_exts(modality: str) -> tuple[str, ...]:
     return IMAGE_EXTS if modality == "image" else VIDEO_EXTS
 
 
-def read_manifest(source: SourceConfig) -> list[ManifestRow]:
-    """All rows of one source, in manifest order. Reads every chunk here: for small manifests only."""
+def read_manifest(source: SourceConfig, limit: int | None = None) -> list[ManifestRow]:
+    """The rows of one source in manifest order (the first `limit` of them, reading only the chunks that
+    hold them). Reads here, in this process: for small manifests or a sample of a large one."""
     from omnivl.data.manifest_index import plan_source
 
-    rows = []
+    rows: list[ManifestRow] = []
     for chunk in plan_source(source):
+        if limit is not None and len(rows) >= limit:
+            break
         table = read_chunk(chunk, parent_of(chunk.file), media_exts(source.modality))
         rows += [ManifestRow(**r) for r in table.to_pylist()]
-    return rows
+    return rows[:limit] if limit is not None else rows
 
 
 def row_batches(rows: list[ManifestRow], batch_size: int):
