@@ -201,3 +201,24 @@ def test_row_batches_carry_row_keys():
     rows = [ManifestRow("s", f"s:m:{i}", f"/x/{i}.jpg", text="t") for i in range(5)]
     batch = next(row_batches(rows, 5))
     assert list(batch["row_key"]) == [r.row_key for r in rows] and batch["start_s"].dtype == np.float64
+
+
+def test_webdataset_counts_from_sizes_json_or_a_cached_scan(tmp_path, small_chunks, small_corpus):
+    from conftest import write_formats
+
+    mapper, calls = small_chunks
+    shards = write_formats(small_corpus, "image_text")["webdataset"]  # two shards, a glob
+    src = SourceConfig(name="w", manifest=shards, modality="image")
+    directory = small_corpus / "image_text" / "shards"
+    (directory / mi.SIZES_FILE).unlink(missing_ok=True)
+    scanned = mi.plan_source(src, mapper)  # no sizes.json: both shards scanned once, on the mapper
+    assert len(calls) == 1 and len(calls[0]) == 2
+    assert [c.num_rows for c in scanned] == [len(read_chunk(c, "", ("jpg",))) for c in scanned]
+    (directory / mi.SIZES_FILE).write_text(json.dumps({c.name: 100 + i for i, c in enumerate(scanned)}))
+    try:
+        listed = mi.plan_source(src, mapper)  # the WebDataset convention wins, nothing is scanned
+        assert [c.num_rows for c in listed] == [100, 101] and len(calls) == 1
+    finally:
+        (directory / mi.SIZES_FILE).unlink()
+        for c in scanned:
+            (directory / (c.name + mi.INDEX_SUFFIX)).unlink()

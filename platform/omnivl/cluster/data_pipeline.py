@@ -170,9 +170,10 @@ class StreamRange:
 class ManifestDatasource(Datasource):
     """Ray Data's read side for our manifests: read tasks of `ReadUnit`s, planned at execution time."""
 
-    def __init__(self, plan: StreamPlan, sources: list[SourceConfig], stream: StreamRange | None) -> None:
+    def __init__(self, plan: StreamPlan, sources: list[SourceConfig], stream: StreamRange | None,
+                 block_rows: int) -> None:
         super().__init__()
-        self.plan, self.stream = plan, stream
+        self.plan, self.stream, self.block_rows = plan, stream, block_rows
         self.exts = media_exts(sources[0].modality)
 
     def units(self) -> list[ReadUnit]:
@@ -185,17 +186,20 @@ class ManifestDatasource(Datasource):
 
     def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                        data_context=None) -> list[ReadTask]:
-        read = functools.partial(read_unit, seed=self.plan.seed, exts=self.exts)
+        read = functools.partial(read_unit, seed=self.plan.seed, exts=self.exts, block_rows=self.block_rows)
         return [ReadTask(functools.partial(read, unit), BlockMetadata(num_rows=unit.num_rows, size_bytes=None,
                                                                      input_files=None, exec_stats=None))
                 for unit in self.units()]
 
 
-def read_unit(unit: ReadUnit, seed: int, exts: tuple[str, ...]) -> list[pa.Table]:
-    """One read task: the unit's chunks as one table, rows in the unit's order, tagged with its epoch."""
+def read_unit(unit: ReadUnit, seed: int, exts: tuple[str, ...], block_rows: int) -> list[pa.Table]:
+    """One read task: the unit's chunks, rows in the unit's order, tagged with its epoch, in blocks of
+    `block_rows` rows. Blocks of one decode batch each: a decode task emits its output when its input block is
+    done, so a window-sized block would hold back the first batch until thousands of rows were decoded."""
     table = pa.concat_tables([read_chunk(c, parent_of(c.file), exts) for c in unit.chunks])
     table = table.take(window_permutation(seed, unit, table.num_rows))
-    return [table.append_column("epoch", pa.array(np.full(table.num_rows, unit.epoch, dtype=np.int64)))]
+    table = table.append_column("epoch", pa.array(np.full(table.num_rows, unit.epoch, dtype=np.int64)))
+    return [table.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)]
 
 
 def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality: str, train: bool,
@@ -220,10 +224,10 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
     selector = decode_label_selector(CPU_POOL if label_selector is None else label_selector)
     pool = decode.pool(modality)
     extra = {"label_selector": selector} if selector else {}
-    source = ManifestDatasource(plan, chosen, stream if train else None)
+    source = ManifestDatasource(plan, chosen, stream if train else None, block_rows=pool.batch_size)
     reads = ray.data.read_datasource(source, ray_remote_args={"num_cpus": READ_TASK_CPUS, **extra},
                                      concurrency=max(1, min(MAX_CONCURRENT_READS, len(source.units()))))
-    return reads.map_batches(
+    decoded = reads.map_batches(
         _DecodeActor,
         fn_constructor_kwargs={
             "sources": [s.to_dict() for s in chosen], "decode": decode.to_dict(), "modality": modality,
@@ -234,6 +238,12 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_cpus=pool.cpus_per_actor, **extra,
     )
+    # Blocks as our functions make them: a read task's decode-batch-sized slices and one block per decoded
+    # batch. Ray's default re-buffers outputs up to 128 MiB: a window of manifest rows became one block, so one
+    # decode task took a whole window and emitted nothing until it was done (the first batch of a 10M-row
+    # manifest took 40 s, and one actor decoded while the others waited).
+    decoded.context.target_max_block_size = None
+    return decoded
 
 
 def bad_input_report(key: str | None = None, *, ledger: str = DEFAULT_LEDGER) -> dict:
