@@ -4,7 +4,8 @@ For each size, a Parquet manifest of that many rows (synthetic captions, paths c
 is written first, untimed; then a fresh Python process, as a user's driver would be, starts an embedded Ray,
 builds the training stream with `build_dataset(train=True)` and takes its first batch. It reports the time
 to the first batch (from after `ray.init`) and the driver process's peak RSS. The smallest size is the
-baseline of the growth columns, measured in the same run.
+baseline of the growth columns, measured in the same run. Peak RSS is the driver process's own (not Ray's
+daemons or workers), counted from just before `ray.init`.
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ def measure(manifest: str, image_size: int) -> dict:
     from omnivl.cluster.data_pipeline import build_dataset
     from omnivl.data.config import ActorPoolConfig, DecodeConfig, SourceConfig
 
+    _reset_peak_rss()
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     rss_after_init = _peak_rss_mib()
@@ -87,7 +89,25 @@ def measure(manifest: str, image_size: int) -> dict:
             "peak_rss_mib": round(_peak_rss_mib(), 1), "rss_after_ray_init_mib": round(rss_after_init, 1)}
 
 
+def _reset_peak_rss() -> None:
+    """Start the peak RSS from now. A child keeps the high-water mark of the parent it was forked from (here
+    the bench process, which just wrote a 10M-row manifest), so without this the peak would be the parent's."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # 5: reset the peak resident set size (Linux >= 4.0)
+    except OSError:
+        pass
+
+
 def _peak_rss_mib() -> float:
+    """VmHWM of this process (since `_reset_peak_rss`); ru_maxrss where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / KIB  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / KIB  # Linux: KiB
 
 
