@@ -171,7 +171,7 @@ class ManifestDatasource(Datasource):
     """Ray Data's read side for our manifests: read tasks of `ReadUnit`s, planned at execution time."""
 
     def __init__(self, plan: StreamPlan, sources: list[SourceConfig], stream: StreamRange | None,
-                 block_rows: int) -> None:
+                 block_rows: int | None) -> None:
         super().__init__()
         self.plan, self.stream, self.block_rows = plan, stream, block_rows
         self.exts = media_exts(sources[0].modality)
@@ -192,13 +192,14 @@ class ManifestDatasource(Datasource):
                 for unit in self.units()]
 
 
-def read_unit(unit: ReadUnit, seed: int, exts: tuple[str, ...], block_rows: int) -> list[pa.Table]:
-    """One read task: the unit's chunks, rows in the unit's order, tagged with its epoch, in blocks of
-    `block_rows` rows. Blocks of one decode batch each: a decode task emits its output when its input block is
-    done, so a window-sized block would hold back the first batch until thousands of rows were decoded."""
+def read_unit(unit: ReadUnit, seed: int, exts: tuple[str, ...], block_rows: int | None) -> list[pa.Table]:
+    """One read task: the unit's chunks, rows in the unit's order, tagged with its epoch, as one block or in
+    blocks of `block_rows` rows."""
     table = pa.concat_tables([read_chunk(c, parent_of(c.file), exts) for c in unit.chunks])
     table = table.take(window_permutation(seed, unit, table.num_rows))
     table = table.append_column("epoch", pa.array(np.full(table.num_rows, unit.epoch, dtype=np.int64)))
+    if block_rows is None:
+        return [table]
     return [table.slice(start, block_rows) for start in range(0, table.num_rows, block_rows)]
 
 
@@ -224,7 +225,11 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
     selector = decode_label_selector(CPU_POOL if label_selector is None else label_selector)
     pool = decode.pool(modality)
     extra = {"label_selector": selector} if selector else {}
-    source = ManifestDatasource(plan, chosen, stream if train else None, block_rows=pool.batch_size)
+    # Training: one block per window (Ray's default block shaping; small blocks cost driver memory and time at
+    # 10M rows, measured). Evaluation: one decode batch per block, so every actor of the pool gets a share of
+    # a small source.
+    source = ManifestDatasource(plan, chosen, stream if train else None,
+                                block_rows=None if train else pool.batch_size)
     reads = ray.data.read_datasource(source, ray_remote_args={"num_cpus": READ_TASK_CPUS, **extra},
                                      concurrency=max(1, min(MAX_CONCURRENT_READS, len(source.units()))))
     decoded = reads.map_batches(
@@ -238,11 +243,8 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
         compute=ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
         num_cpus=pool.cpus_per_actor, **extra,
     )
-    # Blocks as our functions make them: a read task's decode-batch-sized slices and one block per decoded
-    # batch. Ray's default re-buffers outputs up to 128 MiB: a window of manifest rows became one block, so one
-    # decode task took a whole window and emitted nothing until it was done (the first batch of a 10M-row
-    # manifest took 40 s, and one actor decoded while the others waited).
-    decoded.context.target_max_block_size = None
+    if not train:  # keep the batch-sized blocks: Ray's default re-merges them up to 128 MiB
+        decoded.context.target_max_block_size = None
     return decoded
 
 
