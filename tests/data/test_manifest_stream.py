@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import datafactory as mk
+from conftest import write_formats
 from omnivl.data import badinput as bad
 from omnivl.data import manifest_index as mi
 from omnivl.data.config import DecodeConfig, SourceConfig
@@ -204,8 +205,6 @@ def test_row_batches_carry_row_keys():
 
 
 def test_webdataset_counts_from_sizes_json_or_a_cached_scan(tmp_path, small_chunks, small_corpus):
-    from conftest import write_formats
-
     mapper, calls = small_chunks
     shards = write_formats(small_corpus, "image_text")["webdataset"]  # two shards, a glob
     src = SourceConfig(name="w", manifest=shards, modality="image")
