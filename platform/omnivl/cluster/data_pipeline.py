@@ -230,7 +230,7 @@ def build_dataset(sources: list[SourceConfig], decode: DecodeConfig, *, modality
     # a small source.
     source = ManifestDatasource(plan, chosen, stream if train else None,
                                 block_rows=None if train else pool.batch_size)
-    reads = ray.data.read_datasource(source, ray_remote_args={"num_cpus": READ_TASK_CPUS, **extra},
+    reads = ray.data.read_datasource(source, num_cpus=READ_TASK_CPUS, label_selector=selector,
                                      concurrency=max(1, min(MAX_CONCURRENT_READS, len(source.units()))))
     decoded = reads.map_batches(
         _DecodeActor,
