@@ -7,11 +7,10 @@ the token deliberately. Nothing here changes this process's os.environ or ~/.ray
 
 from __future__ import annotations
 
-import shutil
 
 import pytest
 
-from rayhead import CLIENT_ENV_VARS, start_head
+from rayhead import CLIENT_ENV_VARS, discard, start_head
 
 
 @pytest.fixture(scope="module")
@@ -20,10 +19,7 @@ def ray_head():
     try:
         yield head
     finally:
-        leftovers = head.shutdown()
-        shutil.rmtree(head.temp_dir, ignore_errors=True)
-        head.log_path.unlink(missing_ok=True)
-        assert not leftovers, f"processes of the test cluster survived its shutdown: {sorted(leftovers)}"
+        discard(head, "the test cluster")
 
 
 @pytest.fixture

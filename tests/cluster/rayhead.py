@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -97,16 +98,30 @@ class RayHead:
         cluster still alive after that (expected: none)."""
         if self.process.poll() is None:
             self.snapshot_tree()
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(10)
+            terminate(self.process, timeout_s)
         deadline = time.monotonic() + 10
         while alive(self.tree) and time.monotonic() < deadline:
             time.sleep(0.2)
         return alive(self.tree)
+
+
+def terminate(process: subprocess.Popen, timeout_s: float) -> None:
+    """SIGTERM `process` and wait up to `timeout_s`; then SIGKILL it."""
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(10)
+
+
+def discard(cluster, what: str) -> None:
+    """Shut down a test cluster (RayHead or AutoscalingHead), delete its temp dir and log, and fail if any of
+    its processes survived."""
+    leftovers = cluster.shutdown()
+    shutil.rmtree(cluster.temp_dir, ignore_errors=True)
+    cluster.log_path.unlink(missing_ok=True)
+    assert not leftovers, f"processes of {what} survived its shutdown: {sorted(leftovers)}"
 
 
 def _head_env(token: str) -> dict[str, str]:

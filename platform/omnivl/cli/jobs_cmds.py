@@ -21,6 +21,9 @@ def register(groups) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a spec field (validated like the file), e.g. stages[0].epochs=2")
     p.add_argument("--submission-id", default=None, help="job id to use (an idempotency key)")
+    p.add_argument("--env-var", dest="env_vars", action="append", default=[], metavar="NAME",
+                   help="pass this shell's NAME=value to the job's driver and workers (runtime_env), e.g. "
+                        "MLFLOW_TRACKING_URI, MLFLOW_TRACKING_TOKEN, WANDB_API_KEY; repeatable; never put in the spec")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--no-wait", action="store_true", help="print the job id and return at once")
     mode.add_argument("--follow", action="store_true", help="stream the job's logs until it ends")
@@ -87,16 +90,22 @@ def _outcome(info) -> int:
 
 @_guarded
 def cmd_submit(args) -> int:
-    """Validate first (SpecError -> exit 2, nothing sent), submit, print the job id, then wait or follow."""
-    from omnivl.cluster.jobs_client import relative_outputs
+    """Validate first (SpecError or a missing --env-var -> exit 2, nothing sent), submit, print the job id, then
+    wait or follow."""
+    from omnivl.cluster.jobs_client import env_from_shell, relative_outputs
     from omnivl.spec import load_spec
 
     job = load_spec(args.spec, args.overrides)
+    try:
+        env_vars = env_from_shell(args.env_vars)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for setting in relative_outputs(job):
         print(f"warning: {setting} is a relative path; on the cluster it lands in the job's temporary working "
               "directory. Use an absolute path on shared storage or an s3:// URI (--set ...).", file=sys.stderr)
     client = _client(args)
-    job_id = client.submit_spec(args.spec, args.overrides, submission_id=args.submission_id)
+    job_id = client.submit_spec(args.spec, args.overrides, submission_id=args.submission_id, env_vars=env_vars)
     print(job_id, flush=True)
     if args.no_wait:
         return 0
@@ -104,7 +113,10 @@ def cmd_submit(args) -> int:
         info = client.follow_logs(job_id, lambda text: print(text, end="", flush=True))
         _print_status(info)
         return _outcome(info)
-    return _outcome(client.wait(job_id, on_change=_print_status))
+    from omnivl.cluster.capacity import relay_capacity_lines
+
+    with relay_capacity_lines(client, job_id):  # "waiting for 2 × pool=trainer (autoscaler requested)"
+        return _outcome(client.wait(job_id, on_change=_print_status))
 
 
 @_guarded

@@ -1,13 +1,23 @@
-"""`omnivl run SPEC`: run a job on the embedded local Ray or on an existing cluster."""
+"""`omnivl run SPEC`: run a job on the embedded local Ray or on an existing cluster.
+
+The console shows the job's own progress (`omnivl.console`): pipeline steps, a bar per training stage, warnings
+once each, and a short summary. Ray's log lines and the workers' output go to a log file in the run directory
+(its path is printed once); `--verbose` shows them live instead.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import time
+from pathlib import Path
 
+from omnivl import console, storage
 from omnivl.cli.spec_cmds import add_overrides, describe
-from omnivl.spec import PipelineJob, load_spec
+from omnivl.spec import JobSpec, PipelineJob, load_spec
+
+SUMMARY_FILE = "summary.json"
+LOGS_DIR = "logs"
 
 
 def register(groups) -> None:
@@ -18,31 +28,65 @@ def register(groups) -> None:
     p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray (default: OMNIVL_NUM_CPUS or 2x cores)")
     p.add_argument("--dashboard", action="store_true", help="start the Ray dashboard with the embedded Ray")
     p.add_argument("--force", action="store_true", help="pipelines: re-run steps even if already done")
-    p.add_argument("--summary-out", help="also write the job's JSON summary to this file")
+    p.add_argument("--summary-out", help="also write the job's full JSON summary to this file")
+    p.add_argument("--verbose", action="store_true",
+                   help="show Ray's log lines and the workers' output live (default: a log file in the run directory)")
     p.set_defaults(func=cmd_run)
+
+
+def local_run_dir(job: JobSpec) -> str:
+    """Where the run's log file and JSON summary go: the job's output directory, or `runs/<name>` when that is
+    not local (s3://) or not set."""
+    where = getattr(job, "output_root", None) or job.output
+    if not where or storage.is_s3(where):
+        where = str(Path("runs", job.name))
+    return storage.absolute(where)
 
 
 def cmd_run(args) -> int:
     job = load_spec(args.spec, args.overrides)  # validate before asking for any resource
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    print(f"validated {args.spec}: {describe(job)}", flush=True)
+    run_dir = local_run_dir(job)
+    log_path = str(Path(run_dir, LOGS_DIR, f"omnivl-run-{time.strftime('%Y%m%d-%H%M%S')}.log"))
+    if args.verbose:
+        return _run(args, job, run_dir, console.Console(None, live=False), None)
+    with console.process_output_to(log_path) as terminal:
+        return _run(args, job, run_dir, console.Console(terminal), log_path)
 
+
+def _run(args, job: JobSpec, run_dir: str, out: console.Console, log_path: str | None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from omnivl.cluster.capacity import watch_capacity
     from omnivl.cluster.runtime import ray_session
     from omnivl.runners import run_job
 
-    start = time.monotonic()
-    with ray_session(args.address, args.num_cpus, args.dashboard) as where:
-        print(f"running on {where}", flush=True)
-        if isinstance(job, PipelineJob) and args.force:
-            from omnivl.pipeline.executor import run_pipeline
+    with console.use(out):
+        out.say(f"validated {args.spec}: {describe(job)}")
+        if log_path:
+            out.say(f"Ray and worker logs: {log_path} (--verbose shows them here)")
+        start = time.monotonic()
+        try:
+            # watch_capacity: on an autoscaling cluster, say what the job waits for ("waiting for 2 × pool=trainer")
+            with ray_session(args.address, args.num_cpus, args.dashboard) as where, watch_capacity(say=out.say):
+                out.say(f"running on {where}")
+                if isinstance(job, PipelineJob) and args.force:
+                    from omnivl.pipeline.executor import run_pipeline
 
-            summary = {r.name: {"output": r.output, "status": r.status} for r in run_pipeline(job, run_job, force=True)}
-        else:
-            summary = run_job(job)
-    print(f"finished {job.kind} {job.name!r} in {time.monotonic() - start:.1f}s", flush=True)
-    text = json.dumps(summary, indent=2, default=str)
-    print(text)
-    if args.summary_out:
-        with open(args.summary_out, "w") as f:
-            f.write(text + "\n")
+                    summary = {r.name: {"output": r.output, "status": r.status, "summary": r.summary}
+                               for r in run_pipeline(job, run_job, force=True)}
+                else:
+                    summary = run_job(job)
+        except BaseException as exc:
+            out.say(f"failed {job.kind} {job.name!r} after {console.format_seconds(time.monotonic() - start)}: "
+                    f"{type(exc).__name__}: {exc}" + (f"\nfull log: {log_path}" if log_path else ""))
+            raise
+        text = json.dumps(summary, indent=2, default=str)
+        summary_path = Path(run_dir, SUMMARY_FILE)
+        summary_path.parent.mkdir(parents=True, exist_ok=True)
+        summary_path.write_text(text + "\n")
+        if args.summary_out:
+            Path(args.summary_out).write_text(text + "\n")
+        out.say(f"finished {job.kind} {job.name!r} in {console.format_seconds(time.monotonic() - start)}")
+        for line in console.summary_lines(job.kind, summary):
+            out.say(line)
+        out.say(f"full summary: {summary_path}")
     return 0

@@ -78,6 +78,32 @@ class DataLedger:
             self.nodes.pop(k, None)
 
 
+class DecodeMetrics:
+    """Data-plane counters through Ray's metrics (each node's metrics port; Prometheus names get the `ray_`
+    prefix and `_total`): rows decoded (kept), frames decoded (an image is one frame), rows skipped and rows
+    repaired by bad-input reason. Fed from each batch's ledger; tags: modality, mode (train | eval), reason."""
+
+    def __init__(self, modality: str, train: bool) -> None:
+        from ray.util.metrics import Counter
+
+        self.tags = {"modality": modality, "mode": "train" if train else "eval"}
+        keys, by_reason = ("modality", "mode"), ("modality", "mode", "reason")
+        self.rows = Counter("omnivl_data_rows_decoded", "rows decoded and kept", tag_keys=keys)
+        self.frames = Counter("omnivl_data_frames_decoded", "frames decoded (an image is one)", tag_keys=keys)
+        self.skipped = Counter("omnivl_data_rows_skipped", "rows skipped by bad-input reason", tag_keys=by_reason)
+        self.repaired = Counter("omnivl_data_rows_repaired", "rows repaired by reason (kept)", tag_keys=by_reason)
+
+    def record(self, out: dict[str, np.ndarray], delta: BadInputLedger) -> None:
+        pixels = out["pixels"]
+        if len(pixels):
+            self.rows.inc(len(pixels), tags=self.tags)
+            self.frames.inc(int(np.prod(pixels.shape[:-3])), tags=self.tags)  # N or N*T
+        for counter, counts in ((self.skipped, delta.skipped), (self.repaired, delta.repaired)):
+            for reason, n in counts.items():
+                if n:
+                    counter.inc(n, tags={**self.tags, "reason": reason})
+
+
 class _DecodeActor:
     """The map_batches callable: one RowDecoder per actor (tokenizer and decoders loaded once)."""
 
@@ -87,9 +113,11 @@ class _DecodeActor:
         self.decoder = RowDecoder(sources, decode, modality, train, seed)
         self.key, self.total_rows, self.ledger = key, total_rows, ledger
         self.node_id = ray.get_runtime_context().get_node_id()
+        self.metrics = DecodeMetrics(modality, train)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         out, delta = self.decoder(batch)
+        self.metrics.record(out, delta)
         for reason, files in delta.examples.items():
             if reason in delta.skipped:
                 log.warning("skipped %d row(s), %s: %s", delta.skipped[reason], reason, files[0])
@@ -107,15 +135,12 @@ def dataset_key(sources: list[SourceConfig], modality: str, train: bool) -> str:
 
 
 def decode_label_selector(wanted: dict | None) -> dict | None:
-    """`wanted` if some alive node carries all its labels, else None (so a single-node cluster without
-    labels still runs the decode actors instead of waiting forever for a node that never comes)."""
-    if not wanted:
-        return None
-    for node in ray.nodes():
-        labels = node.get("Labels") or {}
-        if node.get("Alive") and all(labels.get(k) == v for k, v in wanted.items()):
-            return dict(wanted)
-    return None
+    """`wanted` if some alive node carries all its labels, or if an autoscaler manages the cluster (scale from
+    zero); else None, so a cluster without such nodes and without an autoscaler still runs the decode actors.
+    See omnivl.cluster.capacity.pool_label_selector."""
+    from omnivl.cluster.capacity import pool_label_selector
+
+    return pool_label_selector(wanted)
 
 
 _HANDLES: dict[tuple[str, str], object] = {}

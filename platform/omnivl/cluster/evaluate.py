@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omnivl import storage
+from omnivl import console, storage
 from omnivl.data.config import DecodeConfig, SourceConfig
 from omnivl.eval import classify, inference, report
 from omnivl.eval.config import TASK_KINDS, EvalConfig, source_issues
 from omnivl.eval.retrieval import chance_recall, items_and_captions, ranks, recall_metrics, rerank, top_k_candidates
 from omnivl.spec.jobs import EvaluateJob
+from omnivl.tracking.session import log_evaluation
 
 
 @dataclass
@@ -75,8 +76,12 @@ def run_job(job: EvaluateJob) -> dict:
         metrics["bad_input"] = bad_input_summary()
         report.write_json(metrics, out)
         (out / "report.md").write_text(report.markdown(metrics, f"Evaluation {job.name}"))
-    print(f"report: {storage.join(out_uri, 'report.md')}", flush=True)
-    return {"report": storage.join(out_uri, "report.md"), "metrics": strip_tables(metrics)}
+    console.say(f"report: {storage.join(out_uri, 'report.md')}")
+    headline = strip_tables(metrics)
+    # into the trackers of the training run that made `export`, when it has them (omnivl.tracking.session)
+    log_evaluation(job.tracking, export=export, out_uri=out_uri, name=job.name, params=job.to_dict(),
+                   summary=headline)
+    return {"report": storage.join(out_uri, "report.md"), "metrics": headline}
 
 
 def tasks_for(src: SourceConfig, cfg: EvalConfig) -> list[str]:
@@ -113,11 +118,11 @@ def evaluate_source(src: SourceConfig, tasks: list[str], ctx: Context) -> dict:
     if any(t in ("retrieval", "zero_shot", "linear_probe") for t in tasks):
         # Captions are generated in the same pass: the media are decoded and the model loaded once.
         caption = ctx.cfg.captioning if "captioning" in tasks else None
-        print(f"evaluate {src.name}: embedding{' + captioning' if caption else ''} with {ctx.export}", flush=True)
+        console.say(f"evaluate {src.name}: embedding{' + captioning' if caption else ''} with {ctx.export}")
         emb = embed_with_ray(src, ctx.decode, ctx.export, ctx.cfg.batch_size, ctx.cfg.use_gpu, caption)
         entry["rows"] = len(emb.label_id_N)
     for task in tasks:
-        print(f"evaluate {src.name}: {task}", flush=True)
+        console.say(f"evaluate {src.name}: {task}")
         result = TASKS[task](src, ctx, emb)
         entry["rows"] = max(entry["rows"], result.pop("rows", 0))
         entry["table"].update(result.pop("table", {}))
@@ -291,9 +296,8 @@ def driver_tokenizer(name: str):
 def embed_texts(export: str, decode: DecodeConfig, texts: list[str]) -> np.ndarray:
     from omnivl.data.text import tokenize
 
-    model = driver_model(export)
     ids, mask = tokenize(driver_tokenizer(decode.tokenizer), texts, decode.text_max_length)
-    return model.encode_text(torch.as_tensor(ids), torch.as_tensor(mask)).numpy()
+    return inference.encode_texts(driver_model(export), ids, mask)
 
 
 # ------------------------------------------------------------------------------------------ tasks
@@ -409,21 +413,13 @@ def direction_probe(emb: Embedded, decode: DecodeConfig, export: str, src: Sourc
             "motion": classify.paired_choice_accuracy(visual, texts[n:2 * n], texts[2 * n:])}
 
 
-def _class_names(src: SourceConfig) -> dict[int, str]:
-    from omnivl.data.manifest import class_names
-    from omnivl.data.text import label_id_for_class
-
-    return {label_id_for_class(c): c for c in class_names(src)}
-
-
 def zero_shot(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
-    name_of = _class_names(src)
+    name_of = classify.class_names_by_id(src)
     classes = sorted(name_of.values())
     index_of = {lid: classes.index(c) for lid, c in name_of.items()}
     templates = src.prompt_templates()
-    prompts = [t.format(c) for c in classes for t in templates]
-    prompt_PE = embed_texts(ctx.export, ctx.decode, prompts).reshape(len(classes), len(templates), -1)
-    class_CE = np.stack([classify.ensemble(p) for p in prompt_PE])
+    prompts = classify.class_prompts(classes, templates)
+    class_CE = classify.class_embeddings(embed_texts(ctx.export, ctx.decode, prompts), len(classes))
     truth = [index_of[int(l)] for l in emb.label_id_N]
     acc = classify.topk_accuracy(emb.visual_NE, class_CE, truth)
     matrix = classify.confusion(emb.visual_NE, class_CE, truth)
@@ -449,7 +445,7 @@ def linear_probe(src: SourceConfig, ctx: Context, emb: Embedded) -> dict:
 
     train_src = src.model_copy(update={"manifest": storage.absolute(ctx.cfg.probe_train[src.name])})
     train = embed_with_ray(train_src, ctx.decode, ctx.export, ctx.cfg.batch_size, ctx.cfg.use_gpu)
-    names = {**_class_names(train_src), **_class_names(src)}
+    names = {**classify.class_names_by_id(train_src), **classify.class_names_by_id(src)}
     truth = [names[int(l)] for l in emb.label_id_N]
     res = fit_probe(train.features_ND, [names[int(l)] for l in train.label_id_N], emb.features_ND, truth,
                     C=ctx.cfg.probe_C)

@@ -79,5 +79,5 @@ def evaluate(job: FinetuneJob, export: str) -> dict:
     ev = EvaluateJob(name=f"{job.name}-eval", output=storage.join(run_dir_of(job), EVAL_DIR), checkpoint=export,
                      model=job.model, data=DataSpec(sources=[by_name[n] for n in job.eval.sources],
                                                     decode=job.data.decode),
-                     eval=settings)
+                     eval=settings, tracking=job.tracking)  # logs into this run's trackers
     return run_evaluate(ev)

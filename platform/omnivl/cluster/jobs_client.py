@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass
@@ -34,6 +35,7 @@ ENTRYPOINT = f"python -m omnivl run {SPEC_FILENAME}"
 # directory, so they are not uploaded in the first place.
 CODE_EXCLUDES = ["__pycache__", "*.pyc", "*.egg-info"]
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class JobsError(RuntimeError):
@@ -187,9 +189,11 @@ class JobsClient:
     # --- submission --------------------------------------------------------------------------------------
 
     def submit_spec(self, spec_path: str | Path, overrides: list[str] | tuple[str, ...] = (),
-                    submission_id: str | None = None) -> str:
+                    submission_id: str | None = None, env_vars: Mapping[str, str] | None = None) -> str:
         """Validate the spec (raises SpecError before contacting the cluster), then submit
-        `python -m omnivl run spec.yaml` with the resolved spec and the `omnivl` code. Returns the job id."""
+        `python -m omnivl run spec.yaml` with the resolved spec and the `omnivl` code. Returns the job id.
+        `env_vars` (e.g. a tracker's URI and token, see `env_from_shell`) go into the job's runtime_env, which
+        sets them for the job's driver and every worker; they never enter the spec."""
         from omnivl.spec import load_spec
 
         job = load_spec(spec_path, overrides)
@@ -197,7 +201,7 @@ class JobsClient:
         with tempfile.TemporaryDirectory(prefix="omnivl-submit-") as workdir:
             (Path(workdir) / SPEC_FILENAME).write_text(yaml.safe_dump(resolved, sort_keys=False))
             return self.submit_entrypoint(
-                ENTRYPOINT, runtime_env=code_runtime_env(workdir), submission_id=submission_id,
+                ENTRYPOINT, runtime_env=code_runtime_env(workdir, env_vars), submission_id=submission_id,
                 metadata={"omnivl_kind": job.kind, "omnivl_name": job.name, "omnivl_spec": Path(spec_path).name},
             )
 
@@ -281,17 +285,33 @@ def relative_outputs(job) -> list[str]:
     return found
 
 
-def code_runtime_env(working_dir: str | Path) -> dict:
+def code_runtime_env(working_dir: str | Path, env_vars: Mapping[str, str] | None = None) -> dict:
     """runtime_env carrying our code: the `omnivl` package as a py_module and `working_dir` (which holds the
-    resolved spec). Data, checkpoints and outputs are addressed by path or URI in the spec, never uploaded;
-    third-party dependencies come from the cluster's image."""
+    resolved spec), plus `env_vars` when given. Data, checkpoints and outputs are addressed by path or URI in
+    the spec, never uploaded; third-party dependencies come from the cluster's image."""
     import omnivl
 
-    return {
+    env = {
         "working_dir": str(working_dir),
         "py_modules": [str(Path(omnivl.__file__).resolve().parent)],
         "excludes": list(CODE_EXCLUDES),
     }
+    if env_vars:
+        env["env_vars"] = dict(env_vars)
+    return env
+
+
+def env_from_shell(names: list[str] | tuple[str, ...], environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """`{name: value}` of each of `names` in this shell's environment (`omnivl submit --env-var NAME`).
+    Raises ValueError naming the ones that are not valid variable names or not set."""
+    bad = [n for n in names if not _ENV_NAME.match(n)]
+    if bad:
+        raise ValueError(f"--env-var {', '.join(bad)}: not an environment variable name (give the NAME only; "
+                         "the value is read from this shell)")
+    missing = [n for n in names if n not in environ]
+    if missing:
+        raise ValueError(f"--env-var {', '.join(missing)}: not set in this shell; export it first")
+    return {n: environ[n] for n in names}
 
 
 @contextlib.contextmanager
@@ -306,5 +326,5 @@ def _without_env(names: tuple[str, ...]) -> Iterator[None]:
 
 __all__ = [
     "AUTH_MODES", "ENTRYPOINT", "JobInfo", "JobsAuthError", "JobsClient", "JobsError", "Token", "auth_headers",
-    "code_runtime_env", "default_auth_mode", "find_token", "relative_outputs", "resolve_address", "resolved_spec", "select_token",
+    "code_runtime_env", "default_auth_mode", "env_from_shell", "find_token", "relative_outputs", "resolve_address", "resolved_spec", "select_token",
 ]

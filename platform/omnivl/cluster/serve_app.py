@@ -22,6 +22,7 @@ import numpy as np
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from omnivl import console
 from omnivl.serving import engine
 from omnivl.serving.config import ServeAppConfig
 from omnivl.serving.metrics import (BATCH_BOUNDS, BATCH_ITEMS, BATCH_SIZE, ERRORS, LATENCY_BOUNDS_MS, LATENCY_MS,
@@ -237,6 +238,10 @@ class OmniVLIngress:
 # ---- builders ----------------------------------------------------------------------------------------------
 
 
+# AutoscalingSpec fields passed to Serve's autoscaling_config as they are, when set
+SERVE_AUTOSCALING_DELAYS = {"upscale_delay_s", "downscale_delay_s", "look_back_period_s"}
+
+
 def _model_options(cfg: ServeAppConfig) -> dict:
     opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
             "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}}
@@ -246,7 +251,8 @@ def _model_options(cfg: ServeAppConfig) -> dict:
     else:
         opts["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
                                       "initial_replicas": max(1, a.min_replicas),
-                                      "target_ongoing_requests": a.target_ongoing_requests}
+                                      "target_ongoing_requests": a.target_ongoing_requests,
+                                      **a.model_dump(include=SERVE_AUTOSCALING_DELAYS, exclude_none=True)}
     return opts
 
 
@@ -280,12 +286,12 @@ def run_job(job) -> dict:
     started, url = time.monotonic(), None
     try:
         url = deploy(job)
-        print(f"serving {', '.join(job.app.checkpoints)} at {url}  (OpenAPI: {url}/docs, health: {url}/healthz); "
-              f"Ctrl-C to stop", flush=True)
+        console.say(f"serving {', '.join(job.app.checkpoints)} at {url}  (OpenAPI: {url}/docs, health: "
+                    f"{url}/healthz); Ctrl-C to stop")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
-        print("stopping", flush=True)
+        console.say("stopping")
     finally:
         serve.delete(APP_NAME)
     return {"url": url, "served_s": round(time.monotonic() - started, 1)}

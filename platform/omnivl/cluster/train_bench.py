@@ -132,7 +132,9 @@ def data_wait(cfg: TrainBenchConfig, corpus: Path, workdir: Path) -> dict:
         "checkpoint": {"every_steps": cfg.pipeline_steps},
     })
     run_job(job)
-    records = [r for r in load_metrics(job.output) if r["step"] > cfg.warmup]  # skip pipeline start-up
+    from omnivl.train.metrics import step_records
+
+    records = [r for r in step_records(load_metrics(job.output)) if r["step"] > cfg.warmup]  # skip start-up
     out = {}
     for stage in ("image", "joint"):
         rs = [r for r in records if r["stage"] == stage]

@@ -26,10 +26,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from omnivl import storage
+from omnivl import console, storage
+from omnivl.cluster.progress import FeedSink, ProgressFeed
 from omnivl.spec.jobs import JOBS, TrainingJob
 from omnivl.train import checkpoint as ck
-from omnivl.train.metrics import MetricsFile, plot_curves, progress_line, read_records
+from omnivl.train.metrics import MetricsFile, eval_line, is_eval, plot_curves, progress_line, read_records
+from omnivl.train.run_log import RunLog
+from omnivl.tracking.session import TrainingTracking
 from omnivl.train.schedule import lr_at, modality_at, modality_steps, split_batch, stage_weights, steps_for_stage
 
 log = logging.getLogger(__name__)
@@ -48,20 +51,39 @@ def run_training(job: TrainingJob, *, init_export: str | None = None) -> dict:
 
     `init_export`: the first stage starts from this export's weights (fine-tuning) instead of `job.model.init`."""
     run_dir = run_dir_of(job)
-    print(f"{job.kind} {job.name!r}: run directory {run_dir}", flush=True)
+    console.say(f"{job.kind} {job.name!r}: run directory {run_dir}")
     stages = {}
-    for index in range(len(job.stages)):
-        stages[job.stages[index].name] = run_stage(job, index, run_dir, init_export)
-    export_uri = write_export(job, run_dir)
+    tracking = TrainingTracking(job.tracking, run_dir, name=job.name, kind=job.kind, params=job.to_dict())
+    with tracking.running():  # the tracker runs: params now, curves per stage, export at the end
+        for index in range(len(job.stages)):
+            name = job.stages[index].name
+            stages[name] = run_stage(job, index, run_dir, init_export)
+            tracking.stage_done(name, stage_step_offset(job, run_dir, index), stages[name])
+        export_uri = write_export(job, run_dir)
+        tracking.finish(export_uri)
     summary = {"run_dir": run_dir, "export": export_uri, "metrics": storage.join(run_dir, METRICS_FILE),
                "stages": stages}
-    print(f"checkpoints: {storage.join(run_dir, 'checkpoints')}\ncurves: {storage.join(run_dir, 'plots')}\n"
-          f"metrics: {summary['metrics']}\nexport: {export_uri}", flush=True)
+    console.say(f"checkpoints: {storage.join(run_dir, 'checkpoints')}\ncurves: {storage.join(run_dir, 'plots')}\n"
+                f"metrics: {summary['metrics']}\nexport: {export_uri}")
     return summary
 
 
 def run_dir_of(job: TrainingJob) -> str:
     return storage.absolute(job.output or storage.join("runs", job.name))
+
+
+def stage_step_offset(job: TrainingJob, run_dir: str, index: int) -> int:
+    """The total steps of the stages before `index` (their final checkpoints' steps): the trackers log step s
+    of stage `index` at global step offset + s, one axis across stages (omnivl.tracking.names)."""
+    refs = [ck.final_of(run_dir, j, job.stages[j].name) for j in range(index)]
+    return sum(ref.step for ref in refs if ref is not None)
+
+
+def stage_trackers(job: TrainingJob, run_dir: str, index: int) -> list:
+    """Rank 0's tracker sink for stage `index`, continuing the tracker runs the driver opened ([] when off)."""
+    tracking = TrainingTracking(job.tracking, run_dir, name=job.name, kind=job.kind)
+    sink = tracking.stage_sink(stage_step_offset(job, run_dir, index))
+    return [sink] if sink is not None else []
 
 
 def starting_point(job: TrainingJob, index: int, run_dir: str) -> ck.CheckpointRef | None:
@@ -85,7 +107,7 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | Non
     stage = job.stages[index]
     final = ck.final_of(run_dir, index, stage.name)
     if final is not None:
-        print(f"stage {stage.name!r}: finished already (final checkpoint {final.uri}), skipped", flush=True)
+        console.say(f"stage {stage.name!r}: finished already (final checkpoint {final.uri}), skipped")
         return {"status": "skipped", "final_checkpoint": final.uri, "steps": final.step}
     init = starting_point(job, index, run_dir)
     import ray.data
@@ -94,13 +116,15 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | Non
     ray.data.DataContext.get_current().enable_progress_bars = False
     datasets, rows, weights, total = stage_datasets(job, index, run_dir)
     init_export = init_export if index == 0 else None  # later stages start from the stage before
-    print(f"stage {stage.name!r}: {total} steps, alternation {weights}, rows {rows}"
-          + (f", initialized from {init.uri if init else init_export}" if init or init_export else ""), flush=True)
+    console.say(f"stage {stage.name!r}: {total} steps, alternation {weights}, rows {rows}"
+                + (f", initialized from {init.uri if init else init_export}" if init or init_export else ""))
     # the supervised warm-up's classes, read once here (a stage without label names fails before any worker starts)
     classes = stage_classes(job, index) if job.loss_weights(index).get("cls", 0) > 0 else None
     config = {"job": job.to_dict(), "stage_index": index, "run_dir": run_dir, "total_steps": total,
               "weights": weights, "init_from": init.uri if init else None, "init_export": init_export,
-              "classes": classes}
+              "classes": classes, "held_out": held_out_ref(job)}
+    feed = ProgressFeed()  # rank 0's records and warnings, live on the driver's console
+    config["progress"] = feed.channel
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
@@ -113,13 +137,33 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | Non
         datasets=datasets,
     )
     start = time.monotonic()
-    result = trainer.fit()
+    with feed:
+        result = trainer.fit()
     out = dict(result.return_value or {})
     out["seconds"] = round(time.monotonic() - start, 1)
+    console.current().stage_finished(stage.name, out["seconds"])
     out["curves"] = plot_stage(run_dir, stage.name)
     out["status"] = "ran"
     out["bad_input"] = stage_bad_input(job)
     return out
+
+
+def held_out_ref(job: TrainingJob):
+    """An object ref to the held-out sets of `eval_during_training` (`omnivl.eval.live.HeldOut`), decoded here
+    once per stage (at most `max_items` rows of each source) for rank 0; None when it is off."""
+    cfg = job.eval_during_training
+    if cfg is None:
+        return None
+    import ray
+
+    from omnivl.eval.live import decode_held_out
+
+    start = time.monotonic()
+    sets = [decode_held_out(src.model_copy(update={"manifest": storage.absolute(src.manifest)}), job.data.decode,
+                            cfg.max_items, cfg.batch_size) for src in cfg.sources]
+    console.say(f"eval during training every {cfg.every_steps} steps on "
+                f"{', '.join(f'{h.name} ({h.rows} rows)' for h in sets)}; decoded in {time.monotonic() - start:.1f}s")
+    return ray.put(sets)
 
 
 def stage_bad_input(job: TrainingJob) -> dict:
@@ -129,8 +173,8 @@ def stage_bad_input(job: TrainingJob) -> dict:
 
     report = enforce_bad_input_threshold(job.data.decode.max_bad_fraction)
     if report.get("rows_skipped"):
-        print(f"bad input: skipped {report['rows_skipped']} of {report['rows_seen']} rows "
-              f"({report['skipped_by_reason']})", flush=True)
+        console.warn(f"bad input: skipped {report['rows_skipped']} of {report['rows_seen']} rows "
+                     f"({report['skipped_by_reason']})")
     return report
 
 
@@ -223,11 +267,12 @@ def load_metrics(run_dir: str) -> list[dict]:
 
 
 def dedupe(records: list[dict]) -> list[dict]:
-    """After a restart, steps after the resumed checkpoint are logged twice: keep the last of each."""
+    """After a restart, steps after the resumed checkpoint are logged twice: keep the last of each (step and
+    evaluation records apart: an evaluation shares its step's number)."""
     latest = {}
     for r in records:
-        latest[(r.get("stage"), r.get("step"))] = r
-    return sorted(latest.values(), key=lambda r: (r.get("stage_index", 0), r.get("step", 0)))
+        latest[(r.get("kind"), r.get("stage"), r.get("step"))] = r
+    return sorted(latest.values(), key=lambda r: (r.get("stage_index", 0), r.get("step", 0), is_eval(r)))
 
 
 def write_export(job: TrainingJob, run_dir: str) -> str:
@@ -268,7 +313,11 @@ def train_loop_per_worker(config: dict) -> dict:
     device = ray.train.torch.get_device()
     torch.set_num_threads(max(1, int(job.scaling.cpus_per_worker)))
 
-    state, start_step, resumed_from = resume_state(run_dir, index, stage.name, config["init_from"])
+    feed = FeedSink(config["progress"]) if rank == 0 and config.get("progress") is not None else None
+    run_log = RunLog([MetricsFile(local_metrics_path(run_dir)), TrainGauges(stage.name)]
+                     + ([feed] if feed else []) + stage_trackers(job, run_dir, index) if rank == 0 else [])
+    state, start_step, resumed_from = resume_state(run_dir, index, stage.name, config["init_from"],
+                                                   warn=run_log.warn if rank == 0 else None)
     task = initial_task(job, index, state, config["init_export"], world, config.get("classes")).to(device)
     model = ray.train.torch.prepare_model(
         task, parallel_strategy_kwargs={"find_unused_parameters": True, "forward_sync_buffers": False})
@@ -280,12 +329,14 @@ def train_loop_per_worker(config: dict) -> dict:
         seed_everything(job.seed + 7919 * index + rank)
     if rank == 0 and resumed_from:
         print(f"[{stage.name}] resumed from {resumed_from} at step {start_step}", flush=True)
+    if feed:
+        feed.started(stage.name, total, start_step, resumed_from)
 
     micro = {m: split_batch(getattr(stage.batch_size, m), world, stage.grad_accum).micro for m in weights}
-    streams = Streams(open_stream_fn(micro))
-    metrics_file = MetricsFile(local_metrics_path(run_dir)) if rank == 0 else None
-    gauges = TrainGauges(stage.name) if rank == 0 else None
+    streams = Streams(open_stream_fn(micro, run_log.warn))
     log_every = max(1, min(10, total // 20 or 1))
+    # only rank 0 evaluates; the others wait for it at the next collective (DDP all-reduce, checkpoint, report)
+    held_out = ray.get(config["held_out"]) if rank == 0 and config.get("held_out") is not None else None
     last = {}
     for step in range(start_step, total):
         modality = modality_at(step, weights)
@@ -302,17 +353,34 @@ def train_loop_per_worker(config: dict) -> dict:
         record = make_record(stage.name, index, step + 1, total, modality, lr, stats, wait)
         last = record
         if rank == 0:
-            metrics_file.append(record)
-            gauges.set(record)
+            run_log.record(record)
             if (step + 1) % log_every == 0 or step + 1 == total:
                 print(progress_line(record), flush=True)
+            if held_out is not None:
+                evaluate_held_out(job, task, held_out, run_log, index, step + 1, total)
         done = step + 1 == total
         if (step + 1) % job.checkpoint.every_steps == 0 or done:
             save_checkpoint(job, task, optimizer, streams, run_dir, index, step + 1, final=done, rank=rank,
                             world=world, total=total)
             ray.train.report({k: v for k, v in record.items() if isinstance(v, (int, float))})
+    run_log.close()
     return {"steps": total, "final_checkpoint": ck.stage_dir(run_dir, index, stage.name),
             "last": {k: v for k, v in last.items() if k.startswith("loss") or k in ("step",)}}
+
+
+def evaluate_held_out(job: TrainingJob, task, held_out: list, run_log: RunLog, index: int, step: int,
+                      total: int) -> None:
+    """Rank 0, after optimizer step `step` (1-based): if evaluation is due, score the current model on the
+    held-out sets (`omnivl.eval.live`) and log the record (metrics.jsonl, console, trackers)."""
+    from omnivl.eval import live
+
+    cfg = job.eval_during_training
+    if not live.due(step, total, cfg.every_steps):
+        return
+    metrics = live.evaluate(task.model, held_out, cfg.batch_size)
+    record = live.eval_record(job.stages[index].name, index, step, total, metrics)
+    run_log.record(record)
+    print(eval_line(record), flush=True)
 
 
 def initial_task(job: TrainingJob, index: int, state: dict | None, init_export: str | None, world: int,
@@ -363,25 +431,25 @@ def load_task_state(task, state: dict, with_head: bool) -> None:
         raise RuntimeError(f"checkpoint does not fit the task: missing {missing}, unexpected {result.unexpected_keys}")
 
 
-def open_stream_fn(micro: dict[str, int]):
+def open_stream_fn(micro: dict[str, int], warn):
     """Each modality's shard of its stage stream, in micro-batches. The stream is shuffled where it is read
-    (`omnivl.data.stream`), so no shuffle buffer of decoded pixels is needed here."""
+    (`omnivl.data.stream`), so no shuffle buffer of decoded pixels is needed here. `warn`: the RunLog's."""
     import ray.train
 
     def open_stream(modality: str, passes: int):
         if passes:
-            print(f"warning: the {modality} stream ran out (more rows skipped than one epoch of slack); "
-                  "reading it again from the newest checkpoint's position", flush=True)
+            warn(f"the {modality} stream ran out (more rows skipped than one epoch of slack); "
+                 "reading it again from the newest checkpoint's position")
         shard = ray.train.get_dataset_shard(modality)
         return iter(shard.iter_torch_batches(batch_size=micro[modality], drop_last=True))
 
     return open_stream
 
 
-def resume_state(run_dir: str, index: int, stage: str, init_from: str | None):
+def resume_state(run_dir: str, index: int, stage: str, init_from: str | None, warn=None):
     """(state, first step, where from): this stage's newest good checkpoint, else the previous stage's final
     checkpoint (weights, momentum encoders and queues only: a stage starts a fresh optimizer), else nothing."""
-    found = ck.latest_good(run_dir, index, stage)
+    found = ck.latest_good(run_dir, index, stage, warn)
     if found is not None:
         ref, state = found
         return state, ref.step, ref.uri
@@ -491,7 +559,9 @@ class TrainGauges:
         self.gauges = {k: Gauge(f"omnivl_train_{k}", description=f"OmniVL training {k}", tag_keys=("stage", "modality"))
                        for k in self.KEYS}
 
-    def set(self, record: dict) -> None:
+    def log(self, record: dict) -> None:
+        if is_eval(record):  # evaluation records carry none of these gauges
+            return
         tags = {"stage": self.stage, "modality": record["modality"]}
         for k, g in self.gauges.items():
             if k in record and record[k] is not None:

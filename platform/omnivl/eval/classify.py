@@ -20,6 +20,24 @@ def ensemble(prompt_embeddings_PE: np.ndarray) -> np.ndarray:
     return mean / max(float(np.linalg.norm(mean)), 1e-12)
 
 
+def class_prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]:
+    """Every (class, template) prompt, class-major: prompt c * P + p is `templates[p]` filled with `classes[c]`."""
+    return [t.format(c) for c in classes for t in templates]
+
+
+def class_embeddings(prompt_TE: np.ndarray, num_classes: int) -> np.ndarray:
+    """class_CE: the prompt ensemble of each class, from the embeddings of `class_prompts` (class-major)."""
+    return np.stack([ensemble(p) for p in prompt_TE.reshape(num_classes, -1, prompt_TE.shape[-1])])
+
+
+def class_names_by_id(source) -> dict[int, str]:
+    """label id -> class name of a label source's manifest (`SourceConfig`), the ids its decoded rows carry."""
+    from omnivl.data.manifest import class_names
+    from omnivl.data.text import label_id_for_class
+
+    return {label_id_for_class(c): c for c in class_names(source)}
+
+
 def topk_accuracy(visual_NE: np.ndarray, class_CE: np.ndarray, truth_N: Sequence[int],
                   ks: Sequence[int] = (1, 5)) -> dict[str, float]:
     """Top-K accuracy (percent) of classifying each visual as its most similar class."""

@@ -6,6 +6,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from omnivl.data.config import SourceConfig
 from omnivl.spec.base import Config
 from omnivl.spec.errors import SpecIssue
 
@@ -65,4 +66,52 @@ def source_issues(cfg: EvalConfig, sources: list, prefix: str = "eval") -> list[
     if "linear_probe" in cfg.tasks and not cfg.probe_train:
         issues.append(SpecIssue(f"{prefix}.probe_train", "linear_probe needs the train split of at least one label "
                                 "source: {source_name: train manifest}"))
+    return issues
+
+
+# ------------------------------------------------------------------------------ evaluation during training
+
+LiveTask = Literal["retrieval", "zero_shot"]
+
+
+class EvalDuringTraining(Config):
+    """Evaluation while training (open_clip's `--zeroshot-frequency`; `omnivl.eval.live`): every `every_steps`
+    optimizer steps of every stage, and at its end, rank 0 scores the current model on the first `max_items`
+    rows of each held-out source: retrieval R@1 both ways on caption (`text`) sources, zero-shot top-1 over the
+    class names of `label` sources, each beside its chance level."""
+
+    every_steps: int = Field(ge=1, description="evaluate after every this many optimizer steps of a stage "
+                             "(and at the end of each stage)")
+    sources: list[SourceConfig] = Field(min_length=1, description="held-out sources, as the evaluate job's "
+                                        "`data.sources`: kind text (retrieval) or label (zero-shot)")
+    tasks: list[LiveTask] = Field(default_factory=lambda: ["retrieval", "zero_shot"], min_length=1)
+    max_items: int = Field(default=64, ge=2, le=1024, description="rows read from each source (decoded once "
+                           "per stage on the driver and handed to rank 0: keep it small)")
+    batch_size: int = Field(default=32, ge=1, description="rows per forward pass on rank 0")
+
+
+def eval_during_training_issues(cfg: EvalDuringTraining, trained: dict[str, str],
+                                prefix: str = "eval_during_training") -> list[SpecIssue]:
+    """Cross-checks of `cfg`: each source gives a task of `cfg.tasks` (retrieval needs captions, zero-shot class
+    labels), each task has a source, names are unique, and no source is a manifest a stage trains on
+    (`trained`: manifest -> where it is trained on, e.g. "stages[0] (source 'image_text')")."""
+    issues, seen = [], {}
+    for j, src in enumerate(cfg.sources):
+        path = f"{prefix}.sources[{j}]"
+        gives = [t for t in cfg.tasks if src.kind in TASK_KINDS[t]]
+        if not gives:
+            issues.append(SpecIssue(f"{path}.kind", f"a {src.kind} source gives none of tasks {list(cfg.tasks)}: "
+                                    "retrieval needs captions (kind text), zero_shot class labels (kind label)"))
+        if src.name in seen:
+            issues.append(SpecIssue(f"{path}.name", f"duplicate name {src.name!r} (also at {prefix}.sources"
+                                    f"[{seen[src.name]}])"))
+        seen.setdefault(src.name, j)
+        if src.manifest in trained:
+            issues.append(SpecIssue(f"{path}.manifest", f"{src.manifest!r} is trained on by {trained[src.manifest]};"
+                                    " evaluation during training needs held-out data"))
+    for i, task in enumerate(cfg.tasks):
+        if not any(s.kind in TASK_KINDS[task] for s in cfg.sources):
+            need = "captions (a source of kind text)" if task == "retrieval" else "class labels (a source of kind label)"
+            issues.append(SpecIssue(f"{prefix}.tasks[{i}]", f"{task} needs {need}; sources: "
+                                    f"{', '.join(f'{s.name} ({s.kind})' for s in cfg.sources)}"))
     return issues

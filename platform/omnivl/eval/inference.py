@@ -32,6 +32,16 @@ def embed_batch(model, batch: dict, modality: str) -> dict:
 
 
 @torch.no_grad()
+def encode_texts(model, ids_TL: np.ndarray, mask_TL: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """float32 [T, E]: normalized text embeddings of tokenized texts (class prompts, probe captions), in chunks."""
+    device = model.pixel_mean.device
+    out = [model.encode_text(torch.as_tensor(np.asarray(ids_TL[i:i + batch_size]), device=device),
+                             torch.as_tensor(np.asarray(mask_TL[i:i + batch_size]), device=device)).float().cpu()
+           for i in range(0, len(ids_TL), batch_size)]
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
 def match_batch(model, batch: dict, modality: str, pairs: dict[int, list[int]], text_ids_TL: np.ndarray,
                 text_mask_TL: np.ndarray) -> dict:
     """Matching-head probabilities of the (visual row, text) pairs asked for: `pairs[label_id]` lists the text

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from omnivl import storage
+from omnivl import console, storage
 from omnivl.pipeline.refs import find_refs, substitute
 from omnivl.spec.jobs import JobSpec, PipelineJob
 from omnivl.spec.loader import build_job
@@ -66,15 +66,17 @@ def plan(pipeline: PipelineJob) -> list[StepPlan]:
     return plans
 
 
-def run_pipeline(pipeline: PipelineJob, runner: Runner, log: Callable[[str], None] = print,
+def run_pipeline(pipeline: PipelineJob, runner: Runner, log: Callable[[str], None] | None = None,
                  force: bool = False) -> list[StepResult]:
     """Run each step not yet done (all of them with `force`). A failing step raises; earlier outputs stay."""
+    log = log or console.say
     plans = plan(pipeline)
     outputs = {p.name: p.output for p in plans}
     results = []
     n = len(plans)
     for p in plans:
         tag = f"[{p.index + 1}/{n}] {p.name}"
+        console.current().pipeline_progress(pipeline.name, p.index, n, p.name)
         if p.done and not force:
             log(f"{tag}: done already, skipped -> {p.output}")
             results.append(StepResult(p.name, p.output, "skipped", summary=_read_marker(p.output)))
@@ -88,6 +90,7 @@ def run_pipeline(pipeline: PipelineJob, runner: Runner, log: Callable[[str], Non
         _write_marker(p, summary, seconds)
         log(f"{tag}: finished in {seconds:.1f}s")
         results.append(StepResult(p.name, p.output, "ran", seconds, summary))
+    console.current().pipeline_progress(pipeline.name, n, n, None)
     return results
 
 

@@ -19,6 +19,14 @@ class AutoscalingSpec(Config):
     min_replicas: int = Field(default=1, ge=0)
     max_replicas: int = Field(default=1, ge=1)
     target_ongoing_requests: float = Field(default=8.0, gt=0)
+    # None: Ray Serve's defaults (30 s, 600 s, 30 s), which suit production traffic; tests and bursty
+    # services shorten them.
+    upscale_delay_s: float | None = Field(default=None, ge=0, description="load must stay above target this "
+                                          "long before replicas are added")
+    downscale_delay_s: float | None = Field(default=None, ge=0, description="load must stay below target this "
+                                            "long before replicas are removed")
+    look_back_period_s: float | None = Field(default=None, gt=0, description="window the ongoing requests "
+                                             "are averaged over")
 
     @model_validator(mode="after")
     def _ordered(self):

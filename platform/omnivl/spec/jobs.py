@@ -11,13 +11,14 @@ from typing import Literal
 from pydantic import Field, PrivateAttr
 
 from omnivl.data.config import DecodeConfig, ShuffleConfig, SourceConfig, SynthConfig
-from omnivl.eval.config import EvalConfig, source_issues
+from omnivl.eval.config import EvalConfig, EvalDuringTraining, eval_during_training_issues, source_issues
 from omnivl.models.config import ModelConfig
 from omnivl.pipeline.refs import find_refs
 from omnivl.serving.config import ServeAppConfig
 from omnivl.spec.base import Config, TaggedRegistry
 from omnivl.spec.errors import SpecIssue
 from omnivl.train.config import CheckpointSpec, FailureSpec, ScalingSpec, StageConfig
+from omnivl.tracking.config import TrackingConfig
 
 JOBS = TaggedRegistry("job", tag_field="kind")
 
@@ -77,6 +78,10 @@ class TrainingJob(JobSpec):
     scaling: ScalingSpec = ScalingSpec()
     checkpoint: CheckpointSpec = CheckpointSpec()
     failure: FailureSpec = FailureSpec()
+    eval_during_training: EvalDuringTraining | None = Field(
+        default=None, description="held-out retrieval / zero-shot every N steps of each stage (off by default)")
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig,
+                                     description="experiment trackers (TensorBoard on by default; MLflow, W&B)")
 
     def loss_weights(self, index: int) -> dict[str, float]:
         """The objective weights of stage `index` (a job kind may switch objectives off)."""
@@ -103,6 +108,10 @@ class TrainingJob(JobSpec):
                     issues.append(
                         SpecIssue(f"stages[{i}].batch_size.{modality}", f"must be > 0, got 0 (the stage has {modality} sources)")
                     )
+        if self.eval_during_training is not None:
+            trained = {by_name[n].manifest: f"stages[{i}] (source {n!r})" for i, stage in
+                       reversed(list(enumerate(self.stages))) for n in stage.sources if n in by_name}
+            issues += eval_during_training_issues(self.eval_during_training, trained)
         return issues
 
 
@@ -172,6 +181,8 @@ class EvaluateJob(JobSpec):
     model: ModelConfig = ModelConfig()
     data: DataSpec
     eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig,
+                                     description="trackers; a training run's export logs into that run's trackers")
 
     def semantic_issues(self) -> list[SpecIssue]:
         issues = _duplicate_names("data.sources", [s.name for s in self.data.sources])

@@ -17,7 +17,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -83,14 +83,20 @@ def load(ref: CheckpointRef) -> dict[str, Any]:
         raise ValueError(f"checkpoint {ref.uri} is damaged: {type(exc).__name__}: {exc}") from exc
 
 
-def latest_good(run_dir: str, stage_index: int, stage: str) -> tuple[CheckpointRef, dict] | None:
-    """The newest checkpoint of a stage that loads, falling back past damaged ones with a warning."""
+def latest_good(run_dir: str, stage_index: int, stage: str,
+                warn: Callable[[str], object] | None = None) -> tuple[CheckpointRef, dict] | None:
+    """The newest checkpoint of a stage that loads, falling back past damaged ones with a warning (to `warn`,
+    e.g. a RunLog's, which prints it and sends it to the driver's console; else printed here)."""
     for ref in reversed(list_checkpoints(run_dir, stage_index, stage)):
         try:
             return ref, load(ref)
         except ValueError as exc:
             log.warning("%s; falling back to the previous checkpoint", exc)
-            print(f"warning: {exc}; falling back to the previous checkpoint", flush=True)
+            text = f"{exc}; falling back to the previous checkpoint"
+            if warn is not None:
+                warn(text)
+            else:
+                print(f"warning: {text}", flush=True)
     return None
 
 

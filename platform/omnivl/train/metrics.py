@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Iterable
 
@@ -17,6 +18,10 @@ PLOTTED = [
     ("queue fill", ["queue_fill"]),
 ]
 PER_MODALITY = {"loss", "samples_per_s"}
+# evaluation during training (`omnivl.eval.live`): records of kind "eval", keys eval_<source>_<metric>[_chance]
+EVAL_KEY = re.compile(r"^eval_(?P<source>.+)_(?P<metric>t2[iv]_r1|[iv]2t_r1|zeroshot_top1)$")
+EVAL_NAMES = {"t2i_r1": "t→i R@1", "i2t_r1": "i→t R@1", "t2v_r1": "t→v R@1", "v2t_r1": "v→t R@1",
+              "zeroshot_top1": "zero-shot top-1"}
 
 
 class MetricsFile:
@@ -29,6 +34,8 @@ class MetricsFile:
     def append(self, record: dict) -> None:
         with self.path.open("a") as f:
             f.write(json.dumps(record, default=float) + "\n")
+
+    log = append  # a RunLog sink (omnivl.train.run_log)
 
     def records(self) -> list[dict]:
         return read_records(self.path)
@@ -67,6 +74,48 @@ def progress_line(r: dict) -> str:
     return " ".join(parts)
 
 
+def is_eval(record: dict) -> bool:
+    """An evaluation record (`kind: eval`), not a training step's: readers of step fields must skip these."""
+    return record.get("kind") == "eval"
+
+
+def step_records(records: Iterable[dict]) -> list[dict]:
+    return [r for r in records if not is_eval(r)]
+
+
+def eval_metrics(r: dict) -> list[tuple[str, str, float, float | None]]:
+    """(source, metric, value, chance) of an evaluation record, in record order."""
+    return [(m["source"], m["metric"], v, r.get(f"{k}_chance")) for k, v in r.items()
+            if (m := EVAL_KEY.match(k)) and v is not None]
+
+
+def eval_line(r: dict) -> str:
+    """`[image 200/800] eval: image_text t→i R@1 31.2 (chance 3.1), i→t R@1 28.0 (chance 1.6) · image_label
+    zero-shot top-1 62.5 (chance 25.0) · 1.3s`"""
+    by_source: dict[str, list[str]] = {}
+    for source, metric, value, chance in eval_metrics(r):
+        text = f"{EVAL_NAMES[metric]} {value:.1f}" + (f" (chance {chance:.1f})" if chance is not None else "")
+        by_source.setdefault(source, []).append(text)
+    parts = [f"{source} {', '.join(texts)}" for source, texts in by_source.items()]
+    if "eval_seconds" in r:
+        parts.append(f"{r['eval_seconds']:.1f}s")
+    return f"[{r['stage']} {r['step']}/{r['total_steps']}] eval: " + " · ".join(parts)
+
+
+def _plot_eval(ax, evals: list[dict]) -> None:
+    """One line per (source, metric) of the evaluation records; its chance level dotted, in the same colour."""
+    series: dict[tuple[str, str], list] = {}
+    for r in evals:
+        for source, metric, value, chance in eval_metrics(r):
+            series.setdefault((source, metric), []).append((r["step"], value, chance))
+    for (source, metric), pts in series.items():
+        steps, values, chances = zip(*pts)
+        line, = ax.plot(steps, values, "o-", label=f"{source} {EVAL_NAMES[metric]}", linewidth=1, markersize=3)
+        if all(c is not None for c in chances):
+            ax.plot(steps, chances, ":", color=line.get_color(), linewidth=1)
+    ax.set_ylabel("% (dotted: chance)")
+
+
 def plot_curves(records: Iterable[dict], out_png: str | Path, title: str) -> Path:
     """Draw the training curves of `records` (one stage) into a PNG grid; returns its path."""
     import matplotlib
@@ -75,11 +124,15 @@ def plot_curves(records: Iterable[dict], out_png: str | Path, title: str) -> Pat
     import matplotlib.pyplot as plt
 
     records = list(records)
+    evals, records = [r for r in records if is_eval(r)], step_records(records)
+    panels = PLOTTED + ([("eval during training (held-out, %)", [])] if evals else [])
     both = len({r.get("modality") for r in records}) > 1
     cols = 3
-    rows = math.ceil(len(PLOTTED) / cols)
+    rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.2 * rows), squeeze=False)
-    for ax, (label, keys) in zip(axes.flat, PLOTTED):
+    for ax, (label, keys) in zip(axes.flat, panels):
+        if not keys:
+            _plot_eval(ax, evals)
         for key in keys:
             # losses and throughput differ by modality: one line each when the stage alternates
             groups = [("image", "-"), ("video", "--")] if both and key in PER_MODALITY else [(None, "-")]
@@ -93,7 +146,7 @@ def plot_curves(records: Iterable[dict], out_png: str | Path, title: str) -> Pat
         ax.grid(alpha=0.3)
         if ax.lines:
             ax.legend(fontsize=7)
-    for ax in list(axes.flat)[len(PLOTTED):]:
+    for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
