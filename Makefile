@@ -20,6 +20,8 @@ demo: setup
 	$(VENV)/bin/omnivl run jobs/demo.yaml
 
 ## the whole test suite (unit, Ray integration, end-to-end)
+## tests/observability needs the `prometheus` binary (Debian/Ubuntu package `prometheus`; .ci/run installs it),
+## and skips without it unless OMNIVL_REQUIRE_PROMETHEUS=1
 test: setup
 	$(PY) -m pytest
 

@@ -111,7 +111,8 @@ def eval_during_training_issues(cfg: EvalDuringTraining, trained: dict[str, str]
                                     " evaluation during training needs held-out data"))
     for i, task in enumerate(cfg.tasks):
         if not any(s.kind in TASK_KINDS[task] for s in cfg.sources):
-            need = "captions (a source of kind text)" if task == "retrieval" else "class labels (a source of kind label)"
+            need = ("captions (a source of kind text)" if task == "retrieval"
+                    else "class labels (a source of kind label)")
             issues.append(SpecIssue(f"{prefix}.tasks[{i}]", f"{task} needs {need}; sources: "
                                     f"{', '.join(f'{s.name} ({s.kind})' for s in cfg.sources)}"))
     return issues

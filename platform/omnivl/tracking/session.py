@@ -14,7 +14,7 @@ import posixpath
 from pathlib import Path
 from typing import Iterator
 
-from omnivl import storage
+from omnivl import console, storage
 from omnivl.tracking.config import TrackingConfig
 from omnivl.tracking.names import eval_metrics
 from omnivl.tracking.record import load_record, record_uri, save_record
@@ -41,11 +41,19 @@ class TrainingTracking:
         with self.open(params=self.params) as t:
             t.set_status("RUNNING")
             for line in t.where():
-                print(f"tracking: {line}", flush=True)
+                console.say(f"tracking: {line}")
 
     def stage_sink(self, step_offset: int) -> Tracker | None:
-        """Rank 0's RunLog sink for a stage whose steps follow `step_offset` earlier ones (None: tracking off)."""
-        return self.open(step_offset=step_offset) if self.cfg.enabled else None
+        """Rank 0's RunLog sink for a stage whose steps follow `step_offset` earlier ones (None: tracking off, or
+        the trackers the driver opened cannot be reached from this worker: training goes on, with a warning)."""
+        if not self.cfg.enabled:
+            return None
+        try:
+            return self.open(step_offset=step_offset)
+        except Exception as exc:
+            print(f"warning: experiment trackers not reachable from this worker ({type(exc).__name__}: {exc}); "
+                  "this stage's steps are in metrics.jsonl only", flush=True)
+            return None
 
     def stage_done(self, stage: str, step_offset: int, summary: dict) -> None:
         """Record the stage's global step range; a stage that ran here also logs its curves PNG."""
@@ -111,7 +119,7 @@ def log_evaluation(cfg: TrackingConfig, *, export: str, out_uri: str, name: str,
     try:
         tracker = Tracker.open(cfg, run_dir, name=name, kind="evaluate", params=None if training_run else params)
     except Exception as exc:  # the report is written already: say so rather than fail the job
-        print(f"warning: evaluation metrics not sent to the trackers ({type(exc).__name__}: {exc})", flush=True)
+        console.warn(f"evaluation metrics not sent to the trackers ({type(exc).__name__}: {exc})")
         return None
     with tracker as t:
         t.log_summary(eval_metrics(summary), step)
