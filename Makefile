@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast validate bench-data bench-train clean
+.PHONY: setup demo test test-fast validate bench-data bench-train clean prometheus
 
 setup: $(STAMP)
 
@@ -20,10 +20,12 @@ demo: setup
 	$(VENV)/bin/omnivl run jobs/demo.yaml
 
 ## the whole test suite (unit, Ray integration, end-to-end)
-## tests/observability needs the `prometheus` binary (Debian/Ubuntu package `prometheus`; .ci/run installs it),
-## and skips without it unless OMNIVL_REQUIRE_PROMETHEUS=1
-test: setup
+test: setup prometheus
 	$(PY) -m pytest
+
+## tests/observability starts a real Prometheus: Debian's package, installed when the binary is missing
+prometheus:
+	@command -v prometheus >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus)
 
 ## unit tests only (no Ray cluster)
 test-fast: setup
