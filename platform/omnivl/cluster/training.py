@@ -122,7 +122,7 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | Non
     classes = stage_classes(job, index) if job.loss_weights(index).get("cls", 0) > 0 else None
     config = {"job": job.to_dict(), "stage_index": index, "run_dir": run_dir, "total_steps": total,
               "weights": weights, "init_from": init.uri if init else None, "init_export": init_export,
-              "classes": classes, "held_out": held_out_ref(job)}
+              "classes": classes, "held_out": held_out_ref(job, stage.name)}
     feed = ProgressFeed()  # rank 0's records and warnings, live on the driver's console
     config["progress"] = feed.channel
     trainer = TorchTrainer(
@@ -148,7 +148,7 @@ def run_stage(job: TrainingJob, index: int, run_dir: str, init_export: str | Non
     return out
 
 
-def held_out_ref(job: TrainingJob):
+def held_out_ref(job: TrainingJob, stage: str):
     """An object ref to the held-out sets of `eval_during_training` (`omnivl.eval.live.HeldOut`), decoded here
     once per stage (at most `max_items` rows of each source) for rank 0; None when it is off."""
     cfg = job.eval_during_training
@@ -161,7 +161,7 @@ def held_out_ref(job: TrainingJob):
     start = time.monotonic()
     sets = [decode_held_out(src.model_copy(update={"manifest": storage.absolute(src.manifest)}), job.data.decode,
                             cfg.max_items, cfg.batch_size) for src in cfg.sources]
-    console.say(f"eval during training every {cfg.every_steps} steps on "
+    console.say(f"stage {stage!r}: eval during training every {cfg.every_steps} steps on "
                 f"{', '.join(f'{h.name} ({h.rows} rows)' for h in sets)}; decoded in {time.monotonic() - start:.1f}s")
     return ray.put(sets)
 
