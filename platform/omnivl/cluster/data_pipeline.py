@@ -143,14 +143,18 @@ def decode_label_selector(wanted: dict | None) -> dict | None:
     return pool_label_selector(wanted)
 
 
-_HANDLES: dict[tuple[str, str], object] = {}
+_HANDLES: dict[tuple[str, str, str], object] = {}
 
 
 def ledger_actor(name: str = DEFAULT_LEDGER):
     """The named ledger actor, created on first use. It belongs to the driver that created it, and Ray
     collects a non-detached actor once its creator drops the original handle (a handle got back through
-    `get_if_exists` does not keep it alive), so the first handle is kept here per Ray job."""
-    key = (ray.get_runtime_context().get_job_id(), name)
+    `get_if_exists` does not keep it alive), so the first handle is kept here per Ray job. Job ids repeat across
+    clusters (every new cluster's first driver is job 01000000), so the key also holds the driver's node id: a
+    process that shuts Ray down and starts a new cluster must not reuse the old cluster's handle (Ray aborts the
+    process when a stale handle is serialized)."""
+    context = ray.get_runtime_context()
+    key = (context.get_node_id(), context.get_job_id(), name)
     if key not in _HANDLES:
         _HANDLES[key] = DataLedger.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
     return _HANDLES[key]
