@@ -181,6 +181,8 @@ def _bad_cases(media):
         # (endpoint, kwargs for requests.post, status, kind)
         ("embed", {"data": b"texts=hi", "headers": {"Content-Type": "text/plain"}}, 415, "unsupported_content_type"),
         ("embed", {"data": b"{not json", "headers": {"Content-Type": "application/json"}}, 400, "malformed_json"),
+        ("embed", {"data": b"[" * 50_000 + b"]" * 50_000, "headers": {"Content-Type": "application/json"}}, 400,
+         "malformed_json"),  # nested 50,000 levels deep: was a 500
         ("embed", {"json": {"media": [{"data_b64": b64(JPEG_HEAD)}]}}, 422, "undecodable_media"),
         ("embed", {"json": {"media": [{"data_b64": b64(b"hello, not media at all")}]}}, 422, "undecodable_media"),
         ("embed", {"json": {"media": [{"data_b64": "***"}]}}, 422, "undecodable_media"),

@@ -55,6 +55,7 @@ def test_json_and_multipart_bodies():
     (None, b"{}", "unsupported_content_type"),
     ("application/json", b"{oops", "malformed_json"),
     ("application/json", b"[1, 2]", "malformed_json"),
+    ("application/json", b'{"texts": ' + b"[" * 50_000 + b"]" * 50_000 + b"}", "malformed_json"),  # too deep
     (*_multipart([("colour", b"red", None)]), "invalid_request"),
     (*_multipart([("request", b"not json", None)]), "malformed_json"),
 ])

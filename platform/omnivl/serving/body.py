@@ -49,6 +49,8 @@ def _json_object(raw: bytes, what: str) -> dict:
         value = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ServeError("malformed_json", f"{what} is not valid JSON: {exc}") from None
+    except RecursionError:  # e.g. [[[[...]]]] 50,000 levels deep: the parser gives up, the request is bad
+        raise ServeError("malformed_json", f"{what} is nested too deeply") from None
     if not isinstance(value, dict):
         raise ServeError("malformed_json", f"{what} must be a JSON object, got {type(value).__name__}")
     return value
