@@ -331,3 +331,35 @@ def test_cli_parses_and_loads_serve_specs_and_serve_config_files():
     assert job.port == 9001 and job.app.default_model == "tiny"
     job = load_serve_job(str(ROOT / "serve" / "local-dev.yaml"), ["app.batching.max_batch_size=8"])
     assert job.host == "127.0.0.1" and job.port == 8000 and job.app.batching.max_batch_size == 8
+
+
+def test_serve_names_a_missing_checkpoint_or_gallery_before_starting_ray(tmp_path):
+    """`omnivl serve` of a spec whose export or gallery is not there: exit 2 and one line per missing path,
+    naming the field, before any Ray (a replica's traceback used to be the only message)."""
+    import subprocess
+    import sys
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text("{}")  # no weights
+    result = subprocess.run(
+        [sys.executable, "-m", "omnivl", "serve", "jobs/serve_tiny.yaml",
+         "--set", f"app.checkpoints.tiny={export}", "--set", f"app.gallery_manifest={tmp_path / 'nope.jsonl'}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert f"app.checkpoints.tiny: {export} has no model.safetensors" in result.stderr, result.stderr
+    assert f"app.gallery_manifest: {tmp_path / 'nope.jsonl'} does not exist" in result.stderr, result.stderr
+    assert "deploying" not in result.stdout  # nothing started
+
+
+def test_missing_local_inputs_accepts_an_export_and_skips_s3(tmp_path):
+    from omnivl.serving.config import EXPORT_FILES, missing_local_inputs
+
+    for name in EXPORT_FILES:
+        (tmp_path / name).write_text("x")
+    cfg = ServeAppConfig(checkpoints={"a": str(tmp_path), "b": "s3://bucket/run/export"},
+                         gallery_manifest="s3://bucket/gallery.jsonl")
+    assert missing_local_inputs(cfg) == []
+    missing = missing_local_inputs(ServeAppConfig(checkpoints={"a": str(tmp_path / "gone")}))
+    assert [str(i) for i in missing] == [f"app.checkpoints.a: {tmp_path / 'gone'} does not exist (an export: the "
+                                         "`export/` directory a pretrain or finetune run writes)"]

@@ -56,6 +56,12 @@ def load_serve_job(path: str, overrides: list[str]):
 
 def cmd_serve(args) -> int:
     job = load_serve_job(args.spec, args.overrides)  # validated before any Ray resource is asked for
+    from omnivl.serving.config import missing_local_inputs
+    from omnivl.spec.errors import SpecError
+
+    issues = missing_local_inputs(job.app)
+    if issues:  # named here, before Ray starts: not a traceback from inside a replica
+        raise SpecError(issues, args.spec)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from omnivl.cluster.runtime import ray_session
     from omnivl.cluster.serve_app import run_job

@@ -269,7 +269,14 @@ def build_app(args: dict) -> serve.Application:
 
 
 def deploy(job, name: str = APP_NAME) -> str:
-    """Start Serve's HTTP proxy on job.host:job.port (on the current Ray) and deploy the app; returns its URL."""
+    """Start Serve's HTTP proxy on job.host:job.port (on the current Ray) and deploy the app; returns its URL.
+    Raises SpecError naming every missing local checkpoint or gallery path before anything is deployed."""
+    from omnivl.serving.config import missing_local_inputs
+    from omnivl.spec.errors import SpecError
+
+    issues = missing_local_inputs(job.app)
+    if issues:
+        raise SpecError(issues, job.name)
     serve.start(http_options={"host": job.host, "port": job.port})
     serve.run(build_app(job.app.to_dict()), name=name, route_prefix=job.route_prefix)
     return f"http://{job.host}:{job.port}{job.route_prefix.rstrip('/')}"

@@ -99,3 +99,31 @@ class ServeAppConfig(Config):
     @property
     def default_model(self) -> str:
         return next(iter(self.checkpoints))
+
+
+EXPORT_FILES = ("config.json", "model.safetensors")  # what `omnivl.models.export.load_export` reads
+
+
+def missing_local_inputs(cfg: ServeAppConfig, prefix: str = "app") -> list:
+    """The local checkpoint and gallery paths of `cfg` that are not there, as SpecIssues naming the field and
+    the path (s3:// is checked by the replicas that read it). Checked before anything is deployed, so a wrong
+    path is one clear line instead of a traceback from inside a replica."""
+    from pathlib import Path
+
+    from omnivl import storage
+    from omnivl.spec.errors import SpecIssue
+
+    issues = []
+    for model_id, uri in cfg.checkpoints.items():
+        if storage.is_s3(uri):
+            continue
+        missing = [name for name in EXPORT_FILES if not (Path(uri) / name).is_file()]
+        if missing:
+            what = "does not exist" if not Path(uri).exists() else f"has no {' / '.join(missing)}"
+            issues.append(SpecIssue(f"{prefix}.checkpoints.{model_id}",
+                                    f"{storage.absolute(uri)} {what} (an export: the `export/` directory a "
+                                    f"pretrain or finetune run writes)"))
+    gallery = cfg.gallery_manifest
+    if gallery and not storage.is_s3(gallery) and not Path(gallery).exists():
+        issues.append(SpecIssue(f"{prefix}.gallery_manifest", f"{storage.absolute(gallery)} does not exist"))
+    return issues
