@@ -18,6 +18,7 @@ $(STAMP): pyproject.toml
 ## the demo pipeline on the embedded local Ray (synthetic corpus -> two-stage pretraining -> evaluation)
 demo: setup
 	$(VENV)/bin/omnivl run jobs/demo.yaml
+	@echo "serve what it trained:  $(VENV)/bin/omnivl serve jobs/serve_demo.yaml   (then http://127.0.0.1:8000/docs)"
 
 ## the whole test suite (unit, Ray integration, end-to-end)
 test: setup prometheus

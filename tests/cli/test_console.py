@@ -32,20 +32,26 @@ RAY_INTERNAL = re.compile(
     r"Execution finished|core_worker\.cc|raylet|Ray Train Controller|INFO worker\.py|INFO streaming_executor|"
     r"DeprecationWarning|Started a local Ray instance|\[Ray|ray\.train|ray\.data")
 STEPS_PER_STAGE = 4
+DEMO_ROOT = "runs/demo"
 
 
-def omnivl(*args: str, timeout: float) -> subprocess.CompletedProcess:
-    """The real CLI, without a TTY, on a fresh embedded Ray of 4 logical CPUs (2 train workers + decoding)."""
+def cli_env() -> dict[str, str]:
     env = {**os.environ, "OMNIVL_NUM_CPUS": "4", "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", "omnivl", *args], cwd=ROOT, env=env, text=True,
+    return env
+
+
+def omnivl(*args: str, cwd: Path, timeout: float) -> subprocess.CompletedProcess:
+    """The real CLI, without a TTY, on a fresh embedded Ray of 4 logical CPUs (2 train workers + decoding), in
+    `cwd` (where the demo's relative `runs/demo` lands, as it does in a checkout)."""
+    return subprocess.run([sys.executable, "-m", "omnivl", *args], cwd=cwd, env=cli_env(), text=True,
                           capture_output=True, timeout=timeout)
 
 
 def tiny_demo(tmp_path: Path) -> Path:
     """jobs/demo.yaml with the same steps and stage names, a tiny corpus and a few steps per stage."""
     spec = yaml.safe_load((ROOT / "jobs" / "demo.yaml").read_text())
-    spec["output_root"] = str(tmp_path / "runs")
+    assert spec["output_root"] == DEMO_ROOT  # relative, as in a checkout: the test runs in tmp_path
     steps = {s["name"]: s["job"] for s in spec["steps"]}
     steps["corpus"]["corpus"].update(image_text=40, image_label=40, video_text=24, video_label=24, image_qa=24,
                                      video_qa=16, video_frames=4)
@@ -66,7 +72,7 @@ def tiny_demo(tmp_path: Path) -> Path:
 def demo_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("console")
     spec = tiny_demo(tmp)
-    result = omnivl("run", str(spec), timeout=1500)
+    result = omnivl("run", str(spec), cwd=tmp, timeout=1500)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     return tmp, spec, result
 
@@ -103,8 +109,8 @@ def test_console_is_clean_and_ends_with_a_summary(demo_run):
 
 def test_verbose_shows_ray_lines(demo_run):
     """The same (already finished) pipeline with --verbose: every step is skipped, and Ray's lines are live."""
-    _, spec, _ = demo_run
-    result = omnivl("run", str(spec), "--verbose", timeout=600)
+    tmp, spec, _ = demo_run
+    result = omnivl("run", str(spec), "--verbose", cwd=tmp, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert RAY_INTERNAL.search(result.stdout + result.stderr), (result.stdout + result.stderr)[-3000:]
     assert "Ray and worker logs:" not in result.stdout
@@ -132,7 +138,7 @@ def as_pattern(path: str) -> re.Pattern:
 
 def test_readme_run_directory_example_matches_a_real_run(demo_run):
     tmp, _, _ = demo_run
-    run = next((tmp / "runs").glob("pretrain-*"))
+    run = next((tmp / DEMO_ROOT).glob("pretrain-*"))
     written = [str(p.relative_to(run)) for p in run.rglob("*")]
     example = readme_run_dir_example()
     for path in example:
@@ -141,3 +147,46 @@ def test_readme_run_directory_example_matches_a_real_run(demo_run):
     named_top = {path.rstrip("/").split("/")[0] for path in example}
     written_top = {p.name for p in run.iterdir()}
     assert written_top <= named_top, f"the run wrote {sorted(written_top - named_top)}, which the README omits"
+
+
+README_SERVE = re.compile(r"^(?:\.venv/bin/)?omnivl serve (jobs/serve_demo\.yaml)\s+# after `make demo`", re.M)
+SERVE_READY_S = 180
+
+
+def test_the_readme_serve_command_serves_what_the_demo_trained(demo_run):
+    """Right after the demo: the README's serving command, as written (plus a free port), finds the newest
+    exports through `runs/demo/latest/` and answers the README's search request."""
+    import signal
+    import socket
+    import time
+
+    import requests
+
+    tmp, _, _ = demo_run
+    match = README_SERVE.search((ROOT / "README.md").read_text())
+    assert match, "the README's serving section no longer shows `omnivl serve jobs/serve_demo.yaml`"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "omnivl", "serve", str(ROOT / match.group(1)),
+                               "--set", f"port={port}"], cwd=tmp, env=cli_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVE_READY_S
+        while time.monotonic() < deadline:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            try:
+                if requests.get(f"{url}/healthz", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(1)
+        answer = requests.post(f"{url}/v1/search", json={"text": "a red circle", "top_k": 3}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["hits"]) == 3, answer.json()
+        qa = requests.post(f"{url}/v1/embed", json={"texts": ["a red circle"], "model": "tiny-qa"}, timeout=120)
+        assert qa.status_code == 200 and qa.json()["model"] == "tiny-qa", qa.text
+    finally:
+        server.send_signal(signal.SIGTERM)  # `omnivl serve` removes its app and exits on SIGTERM
+        output = server.communicate(timeout=120)[0]
+    assert server.returncode == 0, output[-3000:]

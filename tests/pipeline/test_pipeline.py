@@ -1,11 +1,13 @@
 """Pipelines: step outputs addressed by config+input hashes; re-runs skip done steps and redo changed ones."""
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from omnivl import storage
-from omnivl.pipeline.executor import MARKER, plan, run_pipeline
+from omnivl.pipeline.executor import LATEST_DIR, MARKER, plan, run_pipeline
 from omnivl.spec import validate_spec
 
 
@@ -76,6 +78,18 @@ def test_changing_one_step_reruns_it_and_its_dependents_only(tmp_path):
     # the old outputs are kept: switching back is free
     ran, _ = run(chain(tmp_path))
     assert ran == []
+
+
+def test_latest_links_follow_the_newest_finished_output_of_each_step(tmp_path):
+    run(chain(tmp_path))
+    _, changed = run(chain(tmp_path, seeds=(1, 20, 3)))
+    for r in changed:
+        link = tmp_path / LATEST_DIR / r.name
+        assert link.is_symlink() and link.resolve() == Path(r.output).resolve(), r.name
+        assert (link / "result.txt").read_text() == f"seed={r.summary['seed']}"
+    assert not os.path.isabs(os.readlink(tmp_path / LATEST_DIR / "b"))  # relative: the runs directory can move
+    _, back = run(chain(tmp_path))  # skipped steps point the links back at their outputs
+    assert (tmp_path / LATEST_DIR / "b").resolve() == Path(back[1].output).resolve()
 
 
 def test_independent_step_is_not_rerun(tmp_path):

@@ -3,15 +3,18 @@
 A step's output lives at `{output_root}/{step}-{hash}` where the hash covers the step's validated config
 (with `${steps.X}` references left unexpanded) and the hashes of the steps it references. So an unchanged
 re-run finds every `_SUCCESS.json` and does nothing, and a changed step gets a new address, as does every
-step that consumes it, while the others are reused (marin's ExecutorStep).
+step that consumes it, while the others are reused (marin's ExecutorStep). `{output_root}/latest/{step}` links
+to the newest finished output of each step, a stable name for whatever consumes it next (serving).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from omnivl import console, storage
@@ -20,6 +23,7 @@ from omnivl.spec.jobs import JobSpec, PipelineJob
 from omnivl.spec.loader import build_job
 
 MARKER = "_SUCCESS.json"
+LATEST_DIR = "latest"
 HASH_CHARS = 12
 
 Runner = Callable[[JobSpec], dict]
@@ -79,6 +83,7 @@ def run_pipeline(pipeline: PipelineJob, runner: Runner, log: Callable[[str], Non
         console.current().pipeline_progress(pipeline.name, p.index, n, p.name)
         if p.done and not force:
             log(f"{tag}: done already, skipped -> {p.output}")
+            point_latest(p)
             results.append(StepResult(p.name, p.output, "skipped", summary=_read_marker(p.output)))
             continue
         log(f"{tag}: running ({p.raw_job['kind']}) -> {p.output}")
@@ -89,9 +94,25 @@ def run_pipeline(pipeline: PipelineJob, runner: Runner, log: Callable[[str], Non
         seconds = time.monotonic() - start
         _write_marker(p, summary, seconds)
         log(f"{tag}: finished in {seconds:.1f}s")
+        point_latest(p)
         results.append(StepResult(p.name, p.output, "ran", seconds, summary))
     console.current().pipeline_progress(pipeline.name, n, n, None)
     return results
+
+
+def point_latest(p: StepPlan) -> None:
+    """`{output_root}/latest/{step}` -> `../{step}-{hash}`: a stable name for the newest finished output of each
+    step (`jobs/serve_demo.yaml` serves `runs/demo/latest/pretrain/export`). Local output roots only: object
+    stores have no links."""
+    if storage.is_s3(p.output):
+        return
+    out = Path(p.output)
+    latest = out.parent / LATEST_DIR
+    latest.mkdir(exist_ok=True)
+    tmp = latest / f".{p.name}.tmp"
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(Path("..") / out.name, target_is_directory=True)
+    os.replace(tmp, latest / p.name)  # atomic: a reader sees the old or the new target, never none
 
 
 def _write_marker(p: StepPlan, summary: dict, seconds: float) -> None:
