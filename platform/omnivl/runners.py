@@ -12,6 +12,8 @@ RUNNERS = {
     "pretrain": "omnivl.cluster.pretrain:run_job",
     "finetune": "omnivl.cluster.finetune:run_job",
     "evaluate": "omnivl.cluster.evaluate:run_job",
+    "embed": "omnivl.cluster.embed:run_job",
+    "index": "omnivl.embed.index:run_job",
     "serve": "omnivl.cluster.serve_app:run_job",
     "pipeline": "omnivl.pipeline.run:run_job",
 }

@@ -32,7 +32,7 @@ def run_job(job: FinetuneJob) -> dict:
 def init_export(job: FinetuneJob) -> str:
     """The export `job.init` names (an export directory or a pretraining run holding one), checked against
     `job.model`."""
-    from omnivl.cluster.evaluate import resolve_export
+    from omnivl.models.export import resolve_export
 
     export = resolve_export(storage.absolute(job.init))
     check_architecture(job, export)

@@ -120,11 +120,18 @@ def read_chunk(chunk: Chunk, base: str, media_exts: tuple[str, ...]) -> pa.Table
     if chunk.fmt == "webdataset":
         rows = _shard_rows(chunk, media_exts)
     else:
-        records = {"jsonl": _jsonl_records, "json": _json_records, "csv": _csv_records,
-                   "parquet": _parquet_records}[chunk.fmt](chunk)
         rows = [_record_to_row(chunk, i, rec, base, where, err)
-                for i, (rec, where, err) in enumerate(records, start=chunk.first_row)]
+                for i, (rec, where, err) in enumerate(chunk_records(chunk), start=chunk.first_row)]
     return rows_to_table(rows)
+
+
+def chunk_records(chunk: Chunk):
+    """(record dict or None, where, bad-input reason or "") of each row of a JSONL/JSON/CSV/Parquet chunk, in
+    order: the raw records, before a row needs a media path (text-only manifests are read this way)."""
+    if chunk.fmt == "webdataset":
+        raise ValueError(f"{chunk.file}: a WebDataset shard has no record rows")
+    return {"jsonl": _jsonl_records, "json": _json_records, "csv": _csv_records,
+            "parquet": _parquet_records}[chunk.fmt](chunk)
 
 
 def rows_to_table(rows: list[ManifestRow]) -> pa.Table:

@@ -56,3 +56,14 @@ def load_export(uri: str, device: str | torch.device = "cpu") -> OmniVL:
     with storage.local_copy(storage.join(uri, "model.safetensors")) as weights:
         load_model(model, str(Path(weights)), strict=True)
     return model.to(device).eval()
+
+
+def resolve_export(uri: str) -> str:
+    """An export directory, or a training run directory holding one under `export/` (local or s3://).
+    Raises FileNotFoundError naming both places looked at."""
+    if storage.exists(storage.join(uri, "config.json")):
+        return uri
+    nested = storage.join(uri, "export")
+    if storage.exists(storage.join(nested, "config.json")):
+        return nested
+    raise FileNotFoundError(f"checkpoint: no export (config.json + model.safetensors) at {uri} or {nested}")

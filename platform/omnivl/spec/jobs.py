@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, PrivateAttr
 
 from omnivl.data.config import DecodeConfig, ShuffleConfig, SourceConfig, SynthConfig
+from omnivl.embed.config import EmbedSettings, EmbedSource, IndexSettings
 from omnivl.eval.config import EvalConfig, EvalDuringTraining, eval_during_training_issues, source_issues
 from omnivl.models.config import ModelConfig
 from omnivl.pipeline.refs import find_refs
@@ -187,6 +188,43 @@ class EvaluateJob(JobSpec):
     def semantic_issues(self) -> list[SpecIssue]:
         issues = _duplicate_names("data.sources", [s.name for s in self.data.sources])
         return issues + source_issues(self.eval, self.data.sources)
+
+
+class EmbedData(Config):
+    sources: list[EmbedSource] = Field(min_length=1)
+    decode: DecodeConfig = Field(default_factory=DecodeConfig, description="image_size and num_frames come from "
+                                 "the checkpoint; the rest (tokenizer, text length, timeouts) from here")
+
+
+@JOBS.register("embed")
+class EmbedJob(JobSpec):
+    """Embed every row of manifests of any size to Parquet shards (row_key, uri, text, embedding), one shard per
+    manifest chunk; a re-run skips finished shards (omnivl.embed.shards)."""
+
+    kind: Literal["embed"] = "embed"
+    checkpoint: str = Field(min_length=1, description="export directory or training run (local or s3://)")
+    data: EmbedData
+    embed: EmbedSettings = EmbedSettings()
+
+    def semantic_issues(self) -> list[SpecIssue]:
+        issues = _duplicate_names("data.sources", [s.name for s in self.data.sources])
+        for field in ("image_size", "num_frames"):
+            if field in self.data.decode.model_fields_set:
+                issues.append(SpecIssue(f"data.decode.{field}", "comes from the checkpoint in an embed job; "
+                                        "remove it"))
+        return issues
+
+
+@JOBS.register("index")
+class IndexJob(JobSpec):
+    """A FAISS index over an `embed` job's output, with its rows' metadata beside it (omnivl.embed.index);
+    `/v1/search` serves it (`gallery_index:`)."""
+
+    kind: Literal["index"] = "index"
+    embeddings: str = Field(min_length=1, description="an embed job's output directory (local or s3://)")
+    sources: list[str] | None = Field(default=None, description="sources of that output to index (default all)")
+    column: Literal["embedding", "text_embedding"] = "embedding"
+    index: IndexSettings = IndexSettings()
 
 
 @JOBS.register("serve")
