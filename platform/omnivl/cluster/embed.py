@@ -81,7 +81,7 @@ def run_job(job: EmbedJob) -> dict:
                             fn_constructor_kwargs={"export": export, "decode": decode.to_dict(),
                                                    "settings": settings.to_dict()},
                             num_gpus=1 if settings.use_gpu else 0, num_cpus=settings.cpus_per_actor,
-                            compute=ray.data.ActorPoolStrategy(size=settings.concurrency))
+                            compute=ray.data.ActorPoolStrategy(size=min(settings.concurrency, len(pending))))
         progress = Progress(len(pending), started)
         for row in ds.iter_rows():
             result = shards.ShardResult(**json.loads(row["result"]))
