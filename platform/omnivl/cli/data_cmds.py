@@ -119,12 +119,15 @@ def run_import(args) -> int:
 
 def _bench(sub) -> None:
     from omnivl.cluster.data_bench import BenchConfig
+    from omnivl.cluster.embed_bench import EmbedBenchConfig
     from omnivl.cluster.manifest_bench import ManifestBenchConfig
 
     _bench_command(sub, "data", "decode throughput per core: Ray Data vs plain loop vs torch DataLoader",
                    BenchConfig, "omnivl.cluster.data_bench")
     _bench_command(sub, "manifest", "time to first batch and driver peak RSS of a training stream, by manifest "
                    "size (Parquet rows over a few real JPEGs)", ManifestBenchConfig, "omnivl.cluster.manifest_bench")
+    _bench_command(sub, "embed", "kind: embed vs a bare single-process loop (rows per CPU-second), 1 and 2 actors, "
+                   "by manifest size", EmbedBenchConfig, "omnivl.cluster.embed_bench")
 
 
 def _bench_command(sub, name: str, help_text: str, config_type, module: str) -> None:

@@ -129,8 +129,10 @@ def summarize(job: EmbedJob, export: str, out: str, results: list[shards.ShardRe
         s["skipped_shards"] += int(r.skipped)
     computed = [r for r in results if not r.skipped]
     rows_done = sum(r.rows_in for r in computed)
+    cpu = sum(r.cpu_seconds for r in computed)
     return {"output": out, "checkpoint": export, "sources": per_source,
             "rows": sum(s["rows_out"] for s in per_source.values()),
             "shards_written": len(computed), "shards_skipped": len(results) - len(computed),
             "seconds": round(seconds, 1), "rows_per_s": round(rows_done / seconds, 1) if computed and seconds else None,
+            "rows_per_cpu_s": round(rows_done / cpu, 1) if computed and cpu else None,
             "precision": job.embed.precision, "bad_input": ledger.summary(), "ledger": ledger.to_dict()}

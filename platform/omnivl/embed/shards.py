@@ -63,6 +63,7 @@ class ShardResult:
     rows_in: int = 0
     rows_out: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # CPU time of the whole embedding process (all its threads) for this shard
     ledger: dict = field(default_factory=dict)  # BadInputLedger.to_dict()
     skipped: bool = False  # found finished by this run's planning
 
@@ -120,7 +121,7 @@ def finished_result(task: ShardTask) -> ShardResult:
         meta = pq.ParquetFile(f).schema_arrow.metadata or {}
     stats = json.loads(meta.get(SHARD_META_KEY, b"{}"))
     return ShardResult(task.source["name"], task.index, task.output, stats.get("rows_in", 0),
-                       stats.get("rows_out", 0), 0.0, stats.get("ledger", {}), skipped=True)
+                       stats.get("rows_out", 0), ledger=stats.get("ledger", {}), skipped=True)
 
 
 # ---- the work of one shard (runs in a model actor, or in a plain loop) -------------------------------------
@@ -139,7 +140,7 @@ class ShardEmbedder:
         self.local = threading.local()  # one RowDecoder per decode thread (each owns a watchdog thread)
 
     def __call__(self, task: ShardTask) -> tuple[pa.Table, ShardResult]:
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         src = EmbedSource.model_validate(task.source)
         chunk = Chunk(**task.chunk)
         if src.modality == "text":
@@ -150,7 +151,7 @@ class ShardEmbedder:
                     read_chunk(chunk, parent_of(chunk.file), media_exts(src.modality)).to_pylist()]
             table, ledger = self._embed_media(src, rows)
         result = ShardResult(src.name, task.index, task.output, ledger.seen, table.num_rows,
-                             time.perf_counter() - start, ledger.to_dict())
+                             time.perf_counter() - start, time.process_time() - cpu_start, ledger.to_dict())
         stats = {"rows_in": result.rows_in, "rows_out": result.rows_out, "ledger": result.ledger}
         table = table.replace_schema_metadata({SHARD_META_KEY: json.dumps(stats).encode()})
         return table, result
