@@ -9,6 +9,11 @@ from pydantic import Field, model_validator
 from omnivl.spec.base import Config
 
 Precision = Literal["fp32", "bf16", "fp16"]
+# What an `index` job writes (omnivl.embed.index) and serving's `gallery_index:` reads
+INDEX_FILE = "index.faiss"
+METADATA_FILE = "metadata.parquet"
+INFO_FILE = "index.json"
+INDEX_FILES = (INDEX_FILE, METADATA_FILE, INFO_FILE)
 
 
 class EmbedSource(Config):

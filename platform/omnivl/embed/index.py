@@ -25,11 +25,8 @@ import pyarrow.parquet as pq
 
 from omnivl import console, storage
 from omnivl.embed import shards
-from omnivl.embed.config import IndexSettings
+from omnivl.embed.config import INDEX_FILE, INFO_FILE, METADATA_FILE, IndexSettings
 
-INDEX_FILE = "index.faiss"
-METADATA_FILE = "metadata.parquet"
-INFO_FILE = "index.json"
 META_COLUMNS = ("row_key", "uri", "text")
 MIN_TRAIN_PER_CENTROID = 39  # FAISS k-means warns below this many training points per centroid
 NLIST_PER_SQRT_ROWS = 4  # the usual IVF rule of thumb: nlist ~ 4 * sqrt(N)

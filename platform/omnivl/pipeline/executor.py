@@ -23,6 +23,9 @@ from omnivl.spec.jobs import JobSpec, PipelineJob
 from omnivl.spec.loader import build_job
 
 MARKER = "_SUCCESS.json"
+# Job kinds that run a service until stopped instead of making an output: never marked done, so every run of
+# the pipeline starts them again (a `serve` step last serves what the steps before it made).
+SERVICE_KINDS = ("serve",)
 LATEST_DIR = "latest"
 HASH_CHARS = 12
 
@@ -65,7 +68,7 @@ def plan(pipeline: PipelineJob) -> list[StepPlan]:
         h = step_hash(job, {n: hashes[n] for n in inputs})
         hashes[step.name] = h
         output = storage.join(storage.absolute(pipeline.output_root), f"{step.name}-{h}")
-        done = storage.exists(storage.join(output, MARKER))
+        done = job.kind not in SERVICE_KINDS and storage.exists(storage.join(output, MARKER))
         plans.append(StepPlan(i, step.name, h, output, inputs, step.job, done))
     return plans
 
@@ -92,7 +95,8 @@ def run_pipeline(pipeline: PipelineJob, runner: Runner, log: Callable[[str], Non
         start = time.monotonic()
         summary = runner(job) or {}
         seconds = time.monotonic() - start
-        _write_marker(p, summary, seconds)
+        if p.raw_job["kind"] not in SERVICE_KINDS:
+            _write_marker(p, summary, seconds)
         log(f"{tag}: finished in {seconds:.1f}s")
         point_latest(p)
         results.append(StepResult(p.name, p.output, "ran", seconds, summary))

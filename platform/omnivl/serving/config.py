@@ -81,6 +81,8 @@ class ServeAppConfig(Config):
     gallery_manifest: str | None = Field(default=None, description="manifest indexed at startup for /v1/search")
     gallery_modality: Literal["auto", "image", "video"] = Field(default="auto", description="auto: from file extensions")
     gallery_max_items: int = Field(default=10_000, ge=1, description="index at most this many manifest rows")
+    gallery_index: str | None = Field(default=None, description="an `index` job's output (prebuilt FAISS index + "
+                                      "metadata) that /v1/search serves; nothing is embedded at startup")
     ingress: IngressConfig = IngressConfig()
     max_models_per_replica: int = Field(default=2, ge=1, description="multiplexing: checkpoints held per model replica")
     tokenizer: str = Field(default="bundled:bert-base-uncased", description="the exports' WordPiece vocabulary")
@@ -94,6 +96,12 @@ class ServeAppConfig(Config):
                 f"max_ongoing_requests ({self.max_ongoing_requests}) must be >= batching.max_batch_size "
                 f"({self.batching.max_batch_size}), or batches can never fill"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _one_gallery(self):
+        if self.gallery_manifest and self.gallery_index:
+            raise ValueError("set gallery_manifest (embedded at startup) or gallery_index (prebuilt), not both")
         return self
 
     @property
@@ -111,6 +119,7 @@ def missing_local_inputs(cfg: ServeAppConfig, prefix: str = "app") -> list:
     from pathlib import Path
 
     from omnivl import storage
+    from omnivl.embed.config import INDEX_FILES
     from omnivl.spec.errors import SpecIssue
 
     issues = []
@@ -126,4 +135,11 @@ def missing_local_inputs(cfg: ServeAppConfig, prefix: str = "app") -> list:
     gallery = cfg.gallery_manifest
     if gallery and not storage.is_s3(gallery) and not Path(gallery).exists():
         issues.append(SpecIssue(f"{prefix}.gallery_manifest", f"{storage.absolute(gallery)} does not exist"))
+    index = cfg.gallery_index
+    if index and not storage.is_s3(index):
+        missing = [n for n in INDEX_FILES if not (Path(index) / n).is_file()]
+        if missing:
+            what = "does not exist" if not Path(index).exists() else f"has no {' / '.join(missing)}"
+            issues.append(SpecIssue(f"{prefix}.gallery_index", f"{storage.absolute(index)} {what} (the output "
+                                    f"directory of an `index` job)"))
     return issues

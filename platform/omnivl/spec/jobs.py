@@ -269,6 +269,9 @@ class PipelineJob(JobSpec):
                         f"references ${{steps.{ref}}} but no earlier step is named {ref!r}; earlier: {earlier or 'none'}",
                     ))
             earlier.append(step.name)
+            if step.job.get("kind") == "serve" and i != len(self.steps) - 1:
+                issues.append(SpecIssue(f"steps[{i}].job.kind", "a serve step runs until stopped, so it must be "
+                                        f"the last step (it is step {i + 1} of {len(self.steps)})"))
         return issues
 
 
