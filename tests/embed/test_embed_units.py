@@ -65,7 +65,7 @@ def test_image_shard_matches_evaluation_and_names_bad_rows(embed_corpus, tiny_ex
 
 
 def test_video_and_text_shards(embed_corpus, tiny_export, tmp_path):
-    from omnivl.cluster.evaluate import driver_model
+    from omnivl.models.export import load_export
     from omnivl.data.text import load_tokenizer, tokenize
     from omnivl.eval.inference import encode_texts
 
@@ -78,7 +78,7 @@ def test_video_and_text_shards(embed_corpus, tiny_export, tmp_path):
     table = pq.read_table(caps.output)
     assert "text_embedding" not in table.column_names and table.column("uri")[0].as_py().endswith(":1")
     ids, mask = tokenize(load_tokenizer(DecodeConfig().tokenizer), table.column("text").to_pylist(), 32)
-    expect = encode_texts(driver_model(tiny_export), ids, mask)
+    expect = encode_texts(load_export(tiny_export), ids, mask)
     assert np.abs(shards.embeddings_matrix(table) - expect).max() < 1e-4
 
 

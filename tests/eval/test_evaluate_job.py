@@ -7,13 +7,17 @@ metrics.json is what the model's real outputs give, recomputed here in this proc
 from __future__ import annotations
 
 import json
+from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from conftest import eval_spec
+from omnivl.cluster import data_pipeline
 from omnivl.cluster import evaluate as ev
+from omnivl.data import manifest
 from omnivl.data.config import DecodeConfig, SourceConfig
 from omnivl.data.decode import RowDecoder
 from omnivl.data.manifest import read_manifest, row_batches
@@ -22,6 +26,7 @@ from omnivl.eval.captioning import caption_metrics
 from omnivl.eval.probe import linear_probe
 from omnivl.eval.qa import qa_accuracy
 from omnivl.eval.retrieval import items_and_captions, ranks, recall_metrics, rerank
+from omnivl.eval.source import EvalSource
 from omnivl.models.export import load_export
 from omnivl.spec.loader import validate_spec
 
@@ -40,8 +45,34 @@ def evaluated(s3_server, eval_corpus, tiny_export, tmp_path_factory):
     out = tmp_path_factory.mktemp("eval") / "run"
     job = validate_spec(eval_spec(eval_corpus, tiny_export, out, ALL_TASKS, meteor=False, rerank_k=RERANK_K,
                                   captioning={"max_new_tokens": 8}, answering={"max_new_tokens": 4}))
-    summary = ev.run_job(job)
-    return job, out, summary, json.loads((out / "metrics.json").read_text())
+    reads, read_chunk = Counter(), manifest.read_chunk
+
+    def counting(chunk, *args, **kwargs):  # manifest rows read on the driver (decode reads in Ray workers)
+        reads[Path(chunk.file).relative_to(eval_corpus).as_posix()] += 1
+        return read_chunk(chunk, *args, **kwargs)
+
+    passes, build_dataset = Counter(), data_pipeline.build_dataset
+
+    def counting_passes(sources, *args, **kwargs):  # one Ray Data pass over the media of a source
+        passes[Path(sources[0].manifest).relative_to(eval_corpus).as_posix()] += 1
+        return build_dataset(sources, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(manifest, "read_chunk", counting)
+        mp.setattr(data_pipeline, "build_dataset", counting_passes)
+        summary = ev.run_job(job)
+    return job, out, summary, json.loads((out / "metrics.json").read_text()), (reads, passes)
+
+
+def test_each_manifest_is_read_once_and_its_media_decoded_once(evaluated):
+    """One `EvalSource` per source serves every task (joins by row key); the probe's train split is read once
+    too. One media pass per source: captions ride along with the embeddings, and re-ranking decodes nothing
+    again (it scores the visual tokens the embedding pass kept)."""
+    *_, (reads, passes) = evaluated
+    splits = {f"{d}/test.jsonl" for d in ("image_text", "video_text", "image_label", "video_label", "image_qa",
+                                          "video_qa")}
+    assert reads == {name: 1 for name in splits | {"image_label/train.jsonl"}}
+    assert passes == reads
 
 
 def _source(job, name) -> SourceConfig:
@@ -49,7 +80,7 @@ def _source(job, name) -> SourceConfig:
 
 
 def test_every_task_writes_metrics_report_and_figures(evaluated):
-    job, out, summary, metrics = evaluated
+    job, out, summary, metrics, _ = evaluated
     expected = {"image_text": {"retrieval", "captioning"}, "video_text": {"retrieval", "captioning"},
                 "image_label": {"zero_shot", "linear_probe"}, "video_label": {"zero_shot"},
                 "image_qa": {"qa"}, "video_qa": {"qa"}}
@@ -75,7 +106,7 @@ def _decoded(src: SourceConfig, decode: DecodeConfig) -> dict:
 
 @torch.no_grad()
 def test_retrieval_numbers_are_the_models(evaluated, tiny_export):
-    job, _, _, metrics = evaluated
+    job, _, _, metrics, _ = evaluated
     model = load_export(tiny_export)
     for name in ("image_text", "video_text"):
         src = _source(job, name)
@@ -111,7 +142,7 @@ def test_retrieval_numbers_are_the_models(evaluated, tiny_export):
 
 @torch.no_grad()
 def test_zero_shot_and_linear_probe_numbers_are_the_models(evaluated, tiny_export):
-    job, _, _, metrics = evaluated
+    job, _, _, metrics, _ = evaluated
     model = load_export(tiny_export)
     tok = load_tokenizer(job.data.decode.tokenizer)
     src = _source(job, "image_label")
@@ -143,7 +174,7 @@ def test_zero_shot_and_linear_probe_numbers_are_the_models(evaluated, tiny_expor
 
 @torch.no_grad()
 def test_generated_answers_and_captions_are_the_models(evaluated, tiny_export):
-    job, out, _, metrics = evaluated
+    job, out, _, metrics, _ = evaluated
     model = load_export(tiny_export)
     tok = load_tokenizer(job.data.decode.tokenizer)
     for name in ("image_qa", "video_qa"):
@@ -175,7 +206,7 @@ def test_ray_embeddings_equal_single_process(ray_local, eval_corpus, tiny_export
                              ["data"]["decode"].items()})
     for dataset, modality in (("image_text", "image"), ("video_text", "video")):
         src = SourceConfig(name=dataset, manifest=str(eval_corpus / dataset / "val.jsonl"), modality=modality)
-        remote = ev.embed_with_ray(src, decode, tiny_export, batch_size=4, use_gpu=False)
+        remote = ev.RayPass(decode, tiny_export, batch_size=4, use_gpu=False).embed(EvalSource.read(src))
         local = ev.embed_locally(src, decode, tiny_export, batch_size=5)
         order_r, order_l = np.argsort(remote.label_id_N), np.argsort(local.label_id_N)
         assert len(order_r) == len(read_manifest(src)) > 2

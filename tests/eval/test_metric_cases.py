@@ -180,7 +180,7 @@ def test_qa_accuracy_per_type_with_chance():
 
 
 def test_majority_class_share_is_the_score_of_always_answering_it():
-    from omnivl.cluster.evaluate import majority_share
+    from omnivl.eval.classify import majority_share
 
     assert majority_share(["diamond", "circle", "diamond", "square", "diamond"]) == pytest.approx(60.0)
     assert majority_share([0, 1, 2, 3]) == pytest.approx(25.0)

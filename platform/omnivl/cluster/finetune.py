@@ -42,7 +42,7 @@ def init_export(job: FinetuneJob) -> str:
 def check_architecture(job: FinetuneJob, export: str) -> None:
     """Raises ValueError naming the first field where the spec's model and the export's differ: a `model` field
     the spec sets (the check `evaluate` makes), else the resolved architecture (layer counts, widths, ...)."""
-    from omnivl.cluster.evaluate import check_model_matches
+    from omnivl.eval.job import check_model_matches
     from omnivl.models.export import read_export_config
     from omnivl.models.sizes import resolve_arch
 

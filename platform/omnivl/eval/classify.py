@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Sequence
 
 import numpy as np
@@ -77,3 +78,8 @@ def paired_choice_accuracy(visual_NE: np.ndarray, true_NE: np.ndarray, alt_NE: n
     s_true = (visual_NE * true_NE).sum(axis=1)
     s_alt = (visual_NE * alt_NE).sum(axis=1)
     return float(100.0 * (s_true > s_alt).mean())
+
+
+def majority_share(labels: Sequence) -> float:
+    """Percent of `labels` that are the most frequent one: the score of always answering it (0 if empty)."""
+    return 100.0 * max(Counter(labels).values()) / len(labels) if len(labels) else 0.0

@@ -6,6 +6,8 @@ The Ray actors of the `evaluate` job call these on the batches the data plane pr
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 import torch
 
@@ -17,18 +19,49 @@ def _pixels(batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def embed_batch(model, batch: dict, modality: str) -> dict:
+def embed_batch(model, batch: dict, modality: str, *, keep_tokens: bool = False) -> dict:
     """visual [N,E] (normalized, shared space), features [N,D] (the visual [CLS] before projection: what a
-    linear probe reads), text_emb [N,E], plus label_id, text and row_key passed through."""
+    linear probe reads), text_emb [N,E], plus label_id, text and row_key passed through. With `keep_tokens`
+    also tokens [N,S,D] float32: every visual token, what the decoders cross-attend to (`match_pairs`)."""
     device = model.pixel_mean.device  # pixels move in `normalize_pixels`; token ids must be moved here
     ids = torch.as_tensor(np.asarray(batch["input_ids"]), device=device)
     mask = torch.as_tensor(np.asarray(batch["attention_mask"]), device=device)
-    cls_BD = model.visual_features(_pixels(batch), modality).cls_BD
-    return {"visual": model.project_visual(cls_BD).float().cpu().numpy(),
-            "features": cls_BD.float().cpu().numpy(),
-            "text_emb": model.encode_text(ids, mask).float().cpu().numpy(),
-            "label_id": np.asarray(batch["label_id"]), "text": np.asarray(batch["text"], dtype=object),
-            "row_key": np.asarray(batch["row_key"], dtype=object)}
+    visual = model.visual_features(_pixels(batch), modality)
+    out = {"visual": model.project_visual(visual.cls_BD).float().cpu().numpy(),
+           "features": visual.cls_BD.float().cpu().numpy(),
+           "text_emb": model.encode_text(ids, mask).float().cpu().numpy(),
+           "label_id": np.asarray(batch["label_id"]), "text": np.asarray(batch["text"], dtype=object),
+           "row_key": np.asarray(batch["row_key"], dtype=object)}
+    if keep_tokens:
+        out["tokens"] = visual.tokens_BSD.float().cpu().numpy()
+    return out
+
+
+@torch.no_grad()
+def visual_token_shape(model, modality: str, image_size: int, num_frames: int) -> tuple[int, int]:
+    """(S, D): visual tokens per row and their width, for pixels of this size (one forward pass of a blank
+    item: exact for any tokenizer geometry)."""
+    shape = (1, 3, image_size, image_size) if modality == "image" else (1, num_frames, 3, image_size, image_size)
+    tokens_BSD = model.visual_features(torch.zeros(shape, dtype=torch.uint8), modality).tokens_BSD
+    return int(tokens_BSD.shape[1]), int(tokens_BSD.shape[2])
+
+
+@torch.no_grad()
+def match_pairs(model, tokens_of: Sequence[np.ndarray], text_ids_TL: np.ndarray, text_mask_TL: np.ndarray,
+                pairs_P2: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """float64 [P]: matching-head probability of each (visual v, text t) row of `pairs_P2`, from visual v's
+    tokens `tokens_of[v]` [S, D] (kept by `embed_batch(keep_tokens=True)`) and text t's row of `text_ids_TL`.
+    Pairs are scored `batch_size` at a time."""
+    device = model.pixel_mean.device
+    pairs_P2 = np.asarray(pairs_P2, dtype=np.int64).reshape(-1, 2)
+    out = []
+    for start in range(0, len(pairs_P2), batch_size):
+        v, t = pairs_P2[start:start + batch_size].T
+        tokens_PSD = torch.from_numpy(np.stack([tokens_of[i] for i in v])).to(device)
+        ids = torch.as_tensor(np.asarray(text_ids_TL)[t], device=device)
+        mask = torch.as_tensor(np.asarray(text_mask_TL)[t], device=device)
+        out.append(model.match_logits(tokens_PSD, ids, mask).softmax(-1)[:, 1].double().cpu())
+    return torch.cat(out).numpy() if out else np.zeros(0, np.float64)
 
 
 @torch.no_grad()
