@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from omnivl.data.config import SynthConfig
-from torch_fixtures import _frugal_torch  # noqa: F401  (autouse: one thread, fixed seed)
+from torch_fixtures import _frugal_torch, save_random_export  # noqa: F401  (_frugal_torch: autouse)
 
 # 48-pixel media with 8 frames, for a model that takes 32-pixel images and 4 frames.
 CORPUS = SynthConfig(seed=5, image_size=48, video_frames=8, fps=4, image_text=8, image_label=0, video_text=6,
@@ -36,17 +36,8 @@ def corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def export(tmp_path_factory) -> str:
-    import torch
-
-    from omnivl.models.config import ModelConfig
-    from omnivl.models.export import save_export
-    from omnivl.models.omnivl import build_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(size="tiny", image_size=IMAGE_SIZE, num_frames=NUM_FRAMES)
-    path = tmp_path_factory.mktemp("apiexport") / "export"
-    save_export(build_model(cfg, load_pretrained=False).model, cfg, str(path))
-    return str(path)
+    return save_random_export(tmp_path_factory.mktemp("apiexport") / "export", image_size=IMAGE_SIZE,
+                              num_frames=NUM_FRAMES)
 
 
 @pytest.fixture(scope="session")

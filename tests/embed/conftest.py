@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from omnivl.data.config import SynthConfig
+from torch_fixtures import save_random_export
 
 CORPUS = SynthConfig(seed=5, image_size=32, video_frames=4, fps=4, image_text=30, image_label=0, video_text=10,
                      video_label=0, image_qa=0, video_qa=0, val_fraction=0.0, test_fraction=0.0)
@@ -33,14 +34,4 @@ def embed_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> str:
-    import torch
-
-    from omnivl.models.config import ModelConfig
-    from omnivl.models.export import save_export
-    from omnivl.models.omnivl import build_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(size="tiny", image_size=32, num_frames=4)
-    path = tmp_path_factory.mktemp("embedexport") / "export"
-    save_export(build_model(cfg, load_pretrained=False).model, cfg, str(path))
-    return str(path)
+    return save_random_export(tmp_path_factory.mktemp("embedexport") / "export", image_size=32, num_frames=4)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from omnivl.data.config import SynthConfig
+from torch_fixtures import save_random_export
 
 CORPUS = SynthConfig(seed=3, image_size=32, video_frames=4, fps=4, image_text=24, image_label=24, video_text=12,
                      video_label=16, image_qa=30, video_qa=12, val_fraction=0.25, test_fraction=0.25)
@@ -25,17 +26,7 @@ def eval_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_export(tmp_path_factory) -> str:
-    import torch
-
-    from omnivl.models.config import ModelConfig
-    from omnivl.models.export import save_export
-    from omnivl.models.omnivl import build_model
-
-    torch.manual_seed(0)
-    cfg = ModelConfig(size="tiny", image_size=32, num_frames=4)
-    path = tmp_path_factory.mktemp("export") / "export"
-    save_export(build_model(cfg, load_pretrained=False).model, cfg, str(path))
-    return str(path)
+    return save_random_export(tmp_path_factory.mktemp("export") / "export", image_size=32, num_frames=4)
 
 
 def eval_spec(corpus: Path, export: str, out: Path, tasks: list[str], **eval_fields) -> dict:
