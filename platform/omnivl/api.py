@@ -39,6 +39,7 @@ from omnivl.data.text import load_tokenizer, prompt_lengths, qa_prompt, tokenize
 from omnivl.eval import classify as classify_ops
 from omnivl.eval.config import EvalConfig
 from omnivl.eval.inference import prompt_ids as eval_prompt_ids
+from omnivl.models.precision import PRECISIONS, autocast
 from omnivl.serving import engine
 from omnivl.serving.errors import ServeError
 from omnivl.serving.frontend import CLASSIFY_LOGIT_SCALE
@@ -47,7 +48,6 @@ from omnivl.serving.schemas import DecodingOptions
 
 MediaInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
 
-PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
 METHODS = ("greedy", "beam", "nucleus")
 EVAL_DECODE = DecodeConfig()  # evaluation's defaults: tokenizer, text length, pixel limit, decode timeout
@@ -235,10 +235,7 @@ class Model:
 
     def _precision(self) -> contextlib.AbstractContextManager:
         """Autocast to bf16/fp16 around a model call (weights stay fp32); nothing for fp32."""
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=torch.device(self.device).type, dtype=dtype)
+        return autocast(self.device, self.precision)
 
     def _embed_media(self, media: MediaInput | Sequence[MediaInput], name: str, modality: str) -> np.ndarray:
         items, _ = _items(media)

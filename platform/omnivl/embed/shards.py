@@ -15,7 +15,6 @@ are left out and counted by reason in the shard's metadata (and the job's bad-in
 from __future__ import annotations
 
 import concurrent.futures as cf
-import contextlib
 import io
 import json
 import threading
@@ -202,6 +201,8 @@ class ShardEmbedder:
     def _forward(self, decoded: dict, modality: str) -> tuple[np.ndarray, np.ndarray | None]:
         import torch
 
+        from omnivl.models.precision import autocast
+
         with torch.inference_mode(), autocast(self.device, self.settings.precision):
             pixels = torch.from_numpy(np.array(decoded["pixels"])).to(self.device)
             visual = self.model.encode_visual(pixels, modality).float().cpu().numpy()
@@ -218,6 +219,7 @@ class ShardEmbedder:
         import torch
 
         from omnivl.data.text import tokenize
+        from omnivl.models.precision import autocast
 
         n = self.settings.batch_size
         parts = []
@@ -269,16 +271,6 @@ def write_shard(table: pa.Table, uri: str) -> None:
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     storage.write_bytes(uri, buf.getvalue())
-
-
-def autocast(device: str, precision: str):
-    """The autocast context of `precision` on `device` (fp32: none)."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=dtype)
 
 
 def embeddings_matrix(table: pa.Table, column: str = "embedding") -> np.ndarray:
