@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from omnivl.data.config import SynthConfig
-from torch_fixtures import save_random_export
+from torch_fixtures import _frugal_torch, save_random_export  # noqa: F401  (_frugal_torch: autouse)
 
 CORPUS = SynthConfig(seed=5, image_size=32, video_frames=4, fps=4, image_text=30, image_label=0, video_text=10,
                      video_label=0, image_qa=0, video_qa=0, val_fraction=0.0, test_fraction=0.0)

@@ -15,8 +15,6 @@ from omnivl.embed import index as ix
 from omnivl.embed import shards
 from omnivl.embed.config import EmbedSettings, EmbedSource, IndexSettings
 
-pytest_plugins = ["torch_fixtures"]
-
 
 def _embedder(export: str, **settings) -> tuple[shards.ShardEmbedder, DecodeConfig]:
     from omnivl.models.export import load_export
