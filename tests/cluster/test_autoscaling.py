@@ -289,7 +289,7 @@ def serve_spec(export: str, port: int) -> dict:
     return {"kind": "serve", "name": "autoscaling", "host": "127.0.0.1", "port": port,
             "app": {"checkpoints": {"tiny": export}, "device": "cpu", "torch_threads": 1, "cpus_per_replica": 1,
                     "max_ongoing_requests": 8, "ingress": {"cpus": 0.5},
-                    "batching": {"enabled": True, "max_batch_size": 8, "batch_wait_timeout_s": 0.01},
+                    "batching": {"enabled": True, "max_batch_size": 8},
                     "autoscaling": {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2,
                                     "upscale_delay_s": 2, "downscale_delay_s": 10, "look_back_period_s": 5},
                     "auth": {"api_key": API_KEY}}}

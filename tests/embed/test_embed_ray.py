@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +110,34 @@ def search_pipeline(root, manifest, export) -> dict:
     ]}
 
 
+def search_over_http(export: str, index: str, captions: list[str]) -> list[bool]:
+    """Deploy `export` with `gallery_index: index` on 127.0.0.1, search each caption; whether its own row is
+    among the top TOP_K hits. Shuts down only Serve (Ray belongs to conftest)."""
+    import requests
+    from ray import serve
+
+    from omnivl.cluster.serve_app import deploy
+    from omnivl.spec.jobs import ServeJob
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    job = ServeJob.model_validate({"name": "search", "port": port, "app": {
+        "checkpoints": {"tiny": export}, "gallery_index": index, "auth": {"api_key": None, "api_key_env": None}}})
+    url = deploy(job)
+    try:
+        model = requests.get(f"{url}/v1/model", timeout=30).json()
+        assert model["gallery"]["index"] == index
+        found = []
+        for caption in captions:
+            reply = requests.post(f"{url}/v1/search", json={"text": caption, "top_k": TOP_K}, timeout=60)
+            assert reply.status_code == 200, reply.text
+            found.append(caption in [h["text"] for h in reply.json()["hits"]])
+        return found
+    finally:
+        serve.shutdown()
+
+
 def text_embeddings(export: str, texts: list[str]) -> np.ndarray:
     from omnivl.data.config import DecodeConfig
     from omnivl.data.text import load_tokenizer, tokenize
@@ -137,6 +166,9 @@ def test_search_pipeline_over_20k_rows(ray_local, embed_corpus, tiny_export, tmp
     found = [f"archive:archive.parquet:{i}" in {item.row_key for _, item in caption_index.search(q, TOP_K)}
              for i, q in zip(sample, queries)]
     assert np.mean(found) >= 0.95, np.mean(found)
+    # the same through /v1/search of a Serve app that loads the prebuilt index (nothing embedded at startup)
+    found_http = search_over_http(tiny_export, steps["captions"]["output"], [captions[i] for i in sample])
+    assert np.mean(found_http) >= 0.95, np.mean(found_http)
     # interrupted: the embed step lost its marker and one shard; the re-run embeds that shard only
     out = steps["embed"]["output"]
     os.remove(os.path.join(out, MARKER))

@@ -20,7 +20,7 @@ def app_args(checkpoints: dict, corpus: Path, **over) -> dict:
     args = {
         "checkpoints": checkpoints,
         "device": "cpu",
-        "batching": {"enabled": True, "max_batch_size": 16, "batch_wait_timeout_s": 0.02},
+        "batching": {"enabled": True, "max_batch_size": 16},
         "max_ongoing_requests": 32,
         "cpus_per_replica": 1,
         "torch_threads": 1,

@@ -4,6 +4,7 @@ bad-request table, auth, multiplexing, the OpenAPI schema and metrics."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,6 +79,39 @@ def test_embed_matches_library_for_text_image_video(served, media, library):
     np.testing.assert_allclose(out["media_embeddings"][0], want_img, atol=1e-4)
     np.testing.assert_allclose(out["media_embeddings"][1], want_vid, atol=1e-4)
     assert abs(np.linalg.norm(out["media_embeddings"][0]) - 1) < 1e-4
+
+
+def test_embed_agrees_with_evaluation_the_embed_job_and_the_python_api(served, corpus, checkpoints):
+    """The same files through /v1/embed, the Python API, the embed job's shard work and evaluation's embedding
+    pass (the reference): one embedding, to 1e-4."""
+    import omnivl
+    from omnivl.cluster.evaluate import embed_locally
+    from omnivl.data.config import DecodeConfig, SourceConfig
+    from omnivl.data.manifest import chunk_records
+    from omnivl.data.manifest_index import plan_source
+    from omnivl.embed.config import EmbedSettings, EmbedSource
+    from omnivl.embed.shards import ShardEmbedder, ShardTask, embeddings_matrix
+    from omnivl.models.export import load_export
+
+    api = omnivl.load(checkpoints["a"], device="cpu")
+    decode = DecodeConfig(image_size=api.image_size, num_frames=api.num_frames)
+    embedder = ShardEmbedder(load_export(checkpoints["a"]), decode, EmbedSettings(batch_size=4), "cpu")
+    for modality in ("image", "video"):
+        manifest = str(corpus / f"{modality}_text" / "train.jsonl")
+        src = SourceConfig(name=modality, manifest=manifest, modality=modality)
+        ref = embed_locally(src, decode, checkpoints["a"])
+        ref_by_key = dict(zip(ref.row_key_N, ref.visual_NE))
+        (chunk,) = plan_source(src)
+        table, _ = embedder(ShardTask(EmbedSource(name=modality, manifest=manifest, modality=modality).to_dict(),
+                                      vars(chunk), 0, "unused"))
+        keys = table.column("row_key").to_pylist()[:3]
+        want = np.stack([ref_by_key[k] for k in keys])
+        np.testing.assert_allclose(embeddings_matrix(table)[:3], want, atol=1e-4)
+        paths = [str(Path(manifest).parent / rec["path"]) for rec, _, _ in list(chunk_records(chunk))[:3]]
+        np.testing.assert_allclose(getattr(api, f"embed_{modality}s")(paths), want, atol=1e-4)
+        reply = post(served, "embed", {"media": [{"data_b64": b64(Path(p).read_bytes())} for p in paths]})
+        assert reply.status_code == 200, reply.text
+        np.testing.assert_allclose(reply.json()["media_embeddings"], want, atol=1e-4)
 
 
 def test_multipart_upload_and_uri_give_the_same_embedding(served, media):

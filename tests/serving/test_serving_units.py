@@ -327,6 +327,10 @@ def test_cli_parses_and_loads_serve_specs_and_serve_config_files():
     args = p.parse_args(["serve", "jobs/serve_tiny.yaml", "--set", "port=9001", "--address", "ray://x:10001"])
     assert args.func is cmd_serve and args.overrides == ["port=9001"]
     assert p.parse_args(["bench", "serve", "--requests", "10", "--concurrency", "1,16"]).func is cmd_bench
+    bench = p.parse_args(["bench", "serve", "--size", "small", "--cold-requests", "50"])
+    assert bench.size == "small" and bench.cold_requests == 50 and bench.cold_concurrency == 4
+    with pytest.raises(SystemExit):
+        p.parse_args(["bench", "serve", "--size", "base"])  # only sizes a CPU can serve in a benchmark
     job = load_serve_job(str(ROOT / "jobs" / "serve_tiny.yaml"), ["port=9001"])
     assert job.port == 9001 and job.app.default_model == "tiny"
     job = load_serve_job(str(ROOT / "serve" / "local-dev.yaml"), ["app.batching.max_batch_size=8"])
@@ -363,3 +367,227 @@ def test_missing_local_inputs_accepts_an_export_and_skips_s3(tmp_path):
     missing = missing_local_inputs(ServeAppConfig(checkpoints={"a": str(tmp_path / "gone")}))
     assert [str(i) for i in missing] == [f"app.checkpoints.a: {tmp_path / 'gone'} does not exist (an export: the "
                                          "`export/` directory a pretrain or finetune run writes)"]
+
+
+def test_gallery_index_is_checked_before_deploy_and_exclusive_with_a_gallery_manifest(tmp_path):
+    from pydantic import ValidationError
+
+    from omnivl.embed.config import INDEX_FILES
+    from omnivl.serving.config import missing_local_inputs
+
+    with pytest.raises(ValidationError, match="not both"):
+        ServeAppConfig(checkpoints={"a": "s3://b/e"}, gallery_manifest="m.jsonl", gallery_index=str(tmp_path))
+    (tmp_path / INDEX_FILES[0]).write_text("x")
+    issues = missing_local_inputs(ServeAppConfig(checkpoints={"a": "s3://b/e"}, gallery_index=str(tmp_path)))
+    assert [str(i) for i in issues] == [f"app.gallery_index: {tmp_path} has no {' / '.join(INDEX_FILES[1:])} (the "
+                                        "output directory of an `index` job)"]
+    for name in INDEX_FILES:
+        (tmp_path / name).write_text("x")
+    assert missing_local_inputs(ServeAppConfig(checkpoints={"a": "s3://b/e"}, gallery_index=str(tmp_path))) == []
+
+
+def test_a_gallery_index_of_another_model_is_refused_at_load(lm, tmp_path):
+    import json
+
+    from omnivl.cluster.serve_app import load_gallery_index
+    from omnivl.embed import index as ix
+    from omnivl.embed import shards
+    from omnivl.embed.config import IndexSettings
+
+    emb = tmp_path / "emb"
+    emb.mkdir()
+    (emb / shards.IDENTITY_FILE).write_text(json.dumps({"sources": [{"name": "s", "modality": "image"}]}))
+    vecs = np.eye(8, 32, dtype=np.float32)  # 32-dim: not the tiny model's 64
+    table = shards.shard_table({"row_key": [f"k{i}" for i in range(8)], "uri": [f"u{i}" for i in range(8)],
+                                "text": [f"t{i}" for i in range(8)]}, [vecs], None)
+    shards.write_shard(table, str(emb / "s" / shards.shard_name(0)))
+    ix.build(str(emb), str(tmp_path / "index"), IndexSettings())
+    with pytest.raises(ValueError, match="32-dim embeddings but checkpoint .* embeds to 64"):
+        load_gallery_index(str(tmp_path / "index"), lm)
+
+
+# ---- warm-up, greedy batching, readiness -------------------------------------------------------------------------
+
+
+def test_warm_up_runs_one_call_per_operation_and_modality_of_the_model_geometry(lm, monkeypatch):
+    seen = []
+
+    def recording(op, fn):
+        def run(lm_, calls):
+            seen.append((op, getattr(calls[0], "modality", None), [c.pixels.shape if hasattr(c, "pixels")
+                                                                   else c.ids.shape for c in calls]))
+            return fn(lm_, calls)
+        return run
+
+    monkeypatch.setattr(engine, "OPS", {op: recording(op, fn) for op, fn in engine.OPS.items()})
+    seconds = engine.warm_up(lm, text_length=32)
+    assert set(seconds) == {"visual_image", "visual_video", "text", "match", "generate"}
+    assert all(s > 0 for s in seconds.values())
+    assert sorted(seen) == sorted([("visual", "image", [(1, 3, 64, 64)]), ("visual", "video", [(1, 4, 3, 64, 64)]),
+                                   ("text", None, [(1, 32)]), ("match", "image", [(1, 3, 64, 64)]),
+                                   ("generate", "image", [(1, 3, 64, 64)])])
+
+
+class GatedModel:
+    """A `run_batch` for Batcher tests: records each batch; a batch waits for `release` while `gate` is set."""
+
+    def __init__(self, fail_on=None) -> None:
+        self.batches: list[list] = []
+        self.running = 0
+        self.gate: asyncio.Event | None = None
+        self.fail_on = fail_on
+
+    async def __call__(self, items: list) -> list:
+        assert self.running == 0, "two batches of one operation ran at once"
+        self.running += 1
+        self.batches.append(list(items))
+        try:
+            if self.gate is not None:
+                await self.gate.wait()
+            if self.fail_on in items:
+                raise ValueError(f"bad item {self.fail_on}")
+            return [x * 10 for x in items]
+        finally:
+            self.running -= 1
+
+
+async def _spin(n: int = 5) -> None:
+    """Let the event loop run a few iterations without letting any time pass on a timer."""
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_batcher_runs_a_lone_call_at_once_and_alone():
+    async def main():
+        model = GatedModel()
+        model.gate = asyncio.Event()
+        batcher = engine.Batcher(model, max_batch_size=8)
+        call = asyncio.create_task(batcher.submit(1))
+        await _spin()  # no timer: the batch has started before any time could pass
+        assert model.batches == [[1]]
+        model.gate.set()
+        return await call
+
+    assert asyncio.run(main()) == 10
+
+
+def test_batcher_batches_what_queued_while_a_batch_ran_up_to_the_max():
+    async def main():
+        model = GatedModel()
+        model.gate = asyncio.Event()
+        batcher = engine.Batcher(model, max_batch_size=3)
+        first = asyncio.create_task(batcher.submit(0))
+        await _spin()
+        rest = [asyncio.create_task(batcher.submit(i)) for i in range(1, 6)]
+        await _spin()
+        assert model.batches == [[0]]  # the others wait for the running batch, not for a timer
+        model.gate.set()
+        return await first, await asyncio.gather(*rest), model.batches
+
+    first, rest, batches = asyncio.run(main())
+    assert first == 0 and rest == [10, 20, 30, 40, 50]
+    assert batches == [[0], [1, 2, 3], [4, 5]]
+
+
+def test_batcher_fails_only_the_failing_batch_and_drops_cancelled_callers():
+    async def main():
+        model = GatedModel(fail_on=2)
+        model.gate = asyncio.Event()
+        batcher = engine.Batcher(model, max_batch_size=2)
+        a = asyncio.create_task(batcher.submit(1))
+        await _spin()
+        b, c = asyncio.create_task(batcher.submit(2)), asyncio.create_task(batcher.submit(3))
+        gone = asyncio.create_task(batcher.submit(4))
+        d = asyncio.create_task(batcher.submit(5))
+        await _spin()
+        gone.cancel()
+        model.gate.set()
+        results = await asyncio.gather(a, b, c, d, return_exceptions=True)
+        return results, model.batches, batcher.drainer
+
+    results, batches, drainer = asyncio.run(main())
+    assert results[0] == 10 and isinstance(results[1], ValueError) and isinstance(results[2], ValueError)
+    assert results[3] == 50
+    assert batches == [[1], [2, 3], [5]]  # the cancelled caller cost no compute
+    assert drainer is None  # idle again: the next lone call starts at once
+
+
+def test_batcher_under_concurrent_callers_answers_each_once_and_never_overlaps_batches():
+    import random
+
+    async def main():
+        model = GatedModel()
+        batcher = engine.Batcher(model, max_batch_size=4)
+        rng = random.Random(0)
+
+        async def caller(i):
+            for _ in range(rng.randrange(3)):
+                await asyncio.sleep(0)
+            return await batcher.submit(i)
+
+        results = await asyncio.gather(*(caller(i) for i in range(200)))
+        return results, model.batches
+
+    results, batches = asyncio.run(main())
+    assert results == [i * 10 for i in range(200)]
+    assert sorted(x for b in batches for x in b) == list(range(200))
+    assert max(len(b) for b in batches) == 4 and len(batches) < 200  # batching happened, never beyond the max
+
+
+def _app_status(app_status: str, model_status: str, model_replicas: dict, message: str = ""):
+    from ray.serve.schema import ApplicationStatusOverview, DeploymentStatusOverview
+
+    from omnivl.cluster.serve_app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
+
+    deployments = {
+        INGRESS_DEPLOYMENT: DeploymentStatusOverview("HEALTHY", "CONFIG_UPDATE_COMPLETED", {"RUNNING": 1}, ""),
+        MODEL_DEPLOYMENT: DeploymentStatusOverview(model_status, "CONFIG_UPDATE_STARTED", model_replicas, message)}
+    return ApplicationStatusOverview(app_status, "", 0.0, deployments)
+
+
+def test_app_readiness_is_ready_only_when_the_app_runs_with_warm_model_replicas():
+    from omnivl.cluster.serve_app import MODEL_DEPLOYMENT, app_readiness
+
+    assert app_readiness(None).status == "not_ready"
+    deploying = app_readiness(_app_status("DEPLOYING", "UPDATING", {"STARTING": 1}, "1 replica is starting"))
+    assert deploying.status == "not_ready"
+    assert deploying.reason == (f"application DEPLOYING; {MODEL_DEPLOYMENT} UPDATING, 0 warm replica(s): "
+                                "1 replica is starting")
+    assert deploying.replicas[MODEL_DEPLOYMENT] == {"STARTING": 1}
+    partly = app_readiness(_app_status("DEPLOYING", "UPDATING", {"RUNNING": 1, "STARTING": 1}))
+    assert partly.status == "not_ready"  # the target count is not warm yet
+    assert app_readiness(_app_status("UNHEALTHY", "UNHEALTHY", {"RUNNING": 1})).status == "not_ready"
+    assert app_readiness(_app_status("RUNNING", "HEALTHY", {})).status == "not_ready"  # scaled to zero: none warm
+    ready = app_readiness(_app_status("RUNNING", "HEALTHY", {"RUNNING": 2}))
+    assert ready.status == "ready" and ready.reason == "2 model replica(s) loaded and warmed up"
+    # an autoscaling upscale keeps the app RUNNING; the starting replica gets no traffic until warm
+    assert app_readiness(_app_status("RUNNING", "UPSCALING", {"RUNNING": 1, "STARTING": 1})).status == "ready"
+
+
+def test_readyz_answers_503_with_the_reason_until_ready_and_healthz_stays_cheap():
+    from fastapi.testclient import TestClient
+
+    from omnivl.serving.http import build_api
+    from omnivl.serving.schemas import ReadyResponse
+
+    state = {"answer": ReadyResponse(status="not_ready", reason="model replicas warming up")}
+    calls = []
+
+    async def readiness():
+        calls.append(1)
+        if isinstance(state["answer"], Exception):
+            raise state["answer"]
+        return state["answer"]
+
+    client = TestClient(build_api(None, readiness=readiness))
+    r = client.get("/readyz")
+    assert r.status_code == 503 and r.json()["status"] == "not_ready"
+    assert r.json()["reason"] == "model replicas warming up"
+    assert client.get("/healthz").status_code == 200 and len(calls) == 1  # liveness never asks for readiness
+    state["answer"] = RuntimeError("controller unreachable")
+    r = client.get("/readyz")
+    assert r.status_code == 503 and "controller unreachable" in r.json()["reason"]
+    state["answer"] = ReadyResponse(status="ready", reason="1 model replica(s) loaded and warmed up")
+    assert client.get("/readyz").status_code == 200
+    spec = client.get("/openapi.json").json()
+    assert {"200", "503"} <= set(spec["paths"]["/readyz"]["get"]["responses"])

@@ -1,4 +1,5 @@
-"""`omnivl serve SPEC` (deploy a checkpoint over HTTP until Ctrl-C) and `omnivl bench serve` (batching on vs off)."""
+"""`omnivl serve SPEC` (deploy a checkpoint over HTTP until Ctrl-C) and `omnivl bench serve` (cold start, and
+batching on vs off)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import tempfile
 from omnivl.cli.spec_cmds import add_overrides
 
 BENCH_ENDPOINTS = ("embed", "embed-text", "match", "caption")
+BENCH_SIZES = ("tiny", "small")
 
 
 def register(groups) -> None:
@@ -20,14 +22,19 @@ def register(groups) -> None:
     p.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray")
     p.set_defaults(func=cmd_serve)
 
-    b = groups["bench"].add_parser("serve", help="HTTP throughput and p50/p99 with dynamic batching on vs off")
-    b.add_argument("--checkpoint", help="export directory (local or s3://); default: a random tiny model")
+    b = groups["bench"].add_parser(
+        "serve", help="cold start (deploy -> ready, first requests vs warm p99), then HTTP throughput and p50/p99 "
+                      "with dynamic batching on vs off")
+    b.add_argument("--checkpoint", help="export directory (local or s3://); default: a random model of --size")
+    b.add_argument("--size", choices=BENCH_SIZES, default="tiny",
+                   help="model size built with random weights and exported for the run (without --checkpoint)")
     b.add_argument("--endpoint", choices=BENCH_ENDPOINTS, default="embed",
                    help="embed: one image per request; embed-text: one text; match: image+text; caption: image")
     b.add_argument("--requests", type=int, default=300, help="requests per concurrency level")
     b.add_argument("--concurrency", default="1,4,16", help="comma-separated client concurrencies")
     b.add_argument("--max-batch-size", type=int, default=16)
-    b.add_argument("--batch-wait-s", type=float, default=0.01)
+    b.add_argument("--cold-requests", type=int, default=100, help="requests right after ready (cold p99)")
+    b.add_argument("--cold-concurrency", type=int, default=4, help="client concurrency of the cold-start figures")
     b.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded Ray")
     b.add_argument("--json", help="also write the figures to this file")
     b.set_defaults(func=cmd_bench)
@@ -88,7 +95,8 @@ def bench_bodies() -> dict[str, bytes]:
     return {k: json.dumps(v).encode() for k, v in bodies.items()}
 
 
-def _tiny_export(out: str) -> str:
+def random_export(size: str, out: str) -> str:
+    """Export a model of `size` with random weights (seed 0) to `out`; returns `out`."""
     import torch
 
     from omnivl.models.config import ModelConfig
@@ -96,7 +104,7 @@ def _tiny_export(out: str) -> str:
     from omnivl.models.omnivl import build_model
 
     torch.manual_seed(0)
-    cfg = ModelConfig(size="tiny")
+    cfg = ModelConfig(size=size)
     save_export(build_model(cfg, load_pretrained=False).model, cfg, out)
     return out
 
@@ -106,15 +114,15 @@ def cmd_bench(args) -> int:
     from omnivl.cluster.serve_app import run_bench
 
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
-    bodies = bench_bodies()
     endpoint = args.endpoint
     with tempfile.TemporaryDirectory() as tmp, ray_session(None, args.num_cpus):
-        checkpoint = args.checkpoint or _tiny_export(f"{tmp}/tiny-export")
+        checkpoint = args.checkpoint or random_export(args.size, f"{tmp}/{args.size}-export")
         path = "embed" if endpoint == "embed-text" else endpoint
-        result = run_bench(checkpoint, {path: bodies[endpoint]}, path, args.requests, concurrencies,
-                           args.max_batch_size, args.batch_wait_s)
+        result = run_bench(checkpoint, bench_bodies()[endpoint], path, args.requests, concurrencies,
+                           args.max_batch_size, cold_requests=args.cold_requests,
+                           cold_concurrency=args.cold_concurrency)
     result["endpoint"] = endpoint
-    result["checkpoint"] = args.checkpoint or "random tiny (exported for the run)"
+    result["checkpoint"] = args.checkpoint or f"random {args.size} (exported for the run)"
     for c, r in result["throughput_ratio_on_off"].items():
         print(f"throughput batching on/off at concurrency {c}: {r}x")
     if args.json:

@@ -3,8 +3,8 @@
     HTTP ──► OmniVLIngress (FastAPI; auth, limits, media decoding in a thread pool, tokenization)
                  │  handle.options(multiplexed_model_id=<checkpoint>)   numpy tensors only
                  ▼
-             OmniVLModel (@serve.multiplexed checkpoints; @serve.batch per op; torch in one worker thread;
-                          the /v1/search FAISS gallery of each loaded checkpoint)
+             OmniVLModel (@serve.multiplexed checkpoints; greedy dynamic batching per op (engine.Batcher); torch
+                          in one worker thread; the /v1/search FAISS gallery of each loaded checkpoint)
 
 Everything behind the seam is plain Python in `omnivl.serving` (tested without Ray). Entry points:
 `build_app(args)` (the `import_path` of serve/*.yaml: `serve run` / `serve deploy` / KubeRay), `run_job(job)` for
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import functools
 import logging
 import time
 
@@ -24,6 +25,7 @@ from ray.serve.handle import DeploymentHandle
 
 from omnivl import console
 from omnivl.serving import engine
+from omnivl.serving import schemas as S
 from omnivl.serving.config import ServeAppConfig
 from omnivl.serving.metrics import (BATCH_BOUNDS, BATCH_ITEMS, BATCH_SIZE, ERRORS, LATENCY_BOUNDS_MS, LATENCY_MS,
                                     REQUESTS, Metrics)
@@ -64,13 +66,32 @@ class RayExporter:
 # ---- model deployment --------------------------------------------------------------------------------------
 
 
+def load_gallery_index(uri: str, lm: engine.LoadedModel):
+    """The prebuilt index of an `index` job (`omnivl.embed.index.SearchIndex`) for `lm`'s queries. Raises
+    ValueError if its vectors are not of the checkpoint's embedding size (another model made them)."""
+    from omnivl.embed.index import SearchIndex
+
+    index = SearchIndex(uri)
+    if index.dim != int(lm.arch["embed_dim"]):
+        raise ValueError(f"gallery_index: {uri} holds {index.dim}-dim embeddings but checkpoint {lm.model_id} "
+                         f"embeds to {lm.arch['embed_dim']}: build the index from this checkpoint's embed job")
+    return index
+
+
 class ModelReplica:
     """One model replica: checkpoints (multiplexed), batched model calls, galleries. Subclassed per app by
-    `model_deployment`, which adds the decorators whose settings come from the config."""
+    `model_deployment`, which adds the multiplexing decorator whose setting comes from the config.
+
+    Ready means warm: the constructor loads the default checkpoint (and its gallery) and runs one warm-up batch
+    per operation on the model thread before it returns. Serve marks a replica RUNNING, and routes to it, only
+    once its constructor has returned, so no request ever reaches a cold replica and the application's status
+    (what `/readyz` reports, see `app_readiness`) turns RUNNING only when every replica of its target is warm.
+    """
 
     def __init__(self, args: dict) -> None:
         import torch
 
+        start = time.perf_counter()
         self.cfg = ServeAppConfig.model_validate(args)
         torch.set_num_threads(self.cfg.torch_threads or max(1, int(self.cfg.cpus_per_replica)))
         self.device = engine.pick_device(self.cfg.device)
@@ -78,7 +99,18 @@ class ModelReplica:
         # Model calls run one at a time in this thread, so the replica's event loop keeps queueing requests
         # (and forming the next batch) while a batch computes.
         self.worker = cf.ThreadPoolExecutor(1, thread_name_prefix="model")
-        self.preloaded = {self.cfg.default_model: self.load(self.cfg.default_model)}
+        self.batchers = {op: engine.Batcher(functools.partial(self.run, op), self.cfg.batching.max_batch_size)
+                         for op in engine.OPS} if self.cfg.batching.enabled else {}
+        lm = self.load(self.cfg.default_model)
+        loaded = time.perf_counter()
+        # on the worker thread: the thread that runs every later model call has per-thread set-up of its own
+        op_s = self.worker.submit(engine.warm_up, lm, self.cfg.text_max_length).result()
+        self.preloaded = {self.cfg.default_model: lm}
+        self.cold_start = {"load_s": round(loaded - start, 3), "warmup_s": round(time.perf_counter() - loaded, 3),
+                           "warmup_ops_s": {name: round(t, 4) for name, t in op_s.items()}}
+        log.info("replica ready: checkpoint %s loaded in %.2fs, warm-up %.2fs (%s)", self.cfg.default_model,
+                 self.cold_start["load_s"], self.cold_start["warmup_s"],
+                 ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in op_s.items()))
 
     def load(self, model_id: str) -> engine.LoadedModel:
         from omnivl.serving.gallery import build_gallery
@@ -91,6 +123,8 @@ class ModelReplica:
                 lambda px, mod: engine.run_visual(lm, [engine.VisualCall(px, mod)])[0],
                 self.cfg.gallery_manifest, self.cfg.gallery_modality, g.image_size, g.num_frames,
                 self.cfg.gallery_max_items, self.cfg.tokenizer, self.cfg.limits.max_image_pixels)
+        elif self.cfg.gallery_index:
+            lm.gallery = load_gallery_index(self.cfg.gallery_index, lm)
         log.info("loaded checkpoint %s from %s on %s in %.1fs", model_id, lm.uri, self.device,
                  time.perf_counter() - start)
         return lm
@@ -103,7 +137,7 @@ class ModelReplica:
             lm = await asyncio.get_running_loop().run_in_executor(self.worker, self.load, model_id)
         return lm
 
-    async def run(self, op: str, fn, items: list[tuple[str, object]]) -> list:
+    async def run(self, op: str, items: list[tuple[str, object]]) -> list:
         """Run one batch of (checkpoint id, call) items: one model call per checkpoint, in the worker thread."""
         out: list = [None] * len(items)
         by_model: dict[str, list[int]] = {}
@@ -113,16 +147,16 @@ class ModelReplica:
         for mid, idx in by_model.items():
             lm = await self.get_model(mid)
             calls = [items[i][1] for i in idx]
-            results = await loop.run_in_executor(self.worker, fn, lm, calls)
+            results = await loop.run_in_executor(self.worker, engine.OPS[op], lm, calls)
             self.metrics.batch(op, len(calls), sum(len(c.pixels if hasattr(c, "pixels") else c.ids) for c in calls))
             for i, r in zip(idx, results):
                 out[i] = r
         return out
 
     async def call(self, op: str, model_id: str, call) -> object:
-        if self.cfg.batching.enabled:
-            return await getattr(self, f"batched_{op}")((model_id, call))
-        (result,) = await self.run(op, OPS[op], [(model_id, call)])
+        if self.batchers:
+            return await self.batchers[op].submit((model_id, call))
+        (result,) = await self.run(op, [(model_id, call)])
         return result
 
     async def visual(self, model_id: str, call: engine.VisualCall) -> np.ndarray:
@@ -147,37 +181,21 @@ class ModelReplica:
     async def stats(self) -> dict:
         snap = self.metrics.snapshot()
         snap["batching"] = self.cfg.batching.to_dict()
+        snap["cold_start"] = self.cold_start
         return snap
 
 
-OPS = {"visual": engine.run_visual, "text": engine.run_text, "match": engine.run_match,
-       "generate": engine.run_generate}
+def model_deployment(cfg: ServeAppConfig, replica: type[ModelReplica] = ModelReplica):
+    """The model deployment class for `cfg` (the multiplexing setting is a decorator argument). Dynamic batching
+    is `engine.Batcher`, not `@serve.batch`: Serve's batch queue waits `batch_wait_timeout_s` for company even
+    when a request is alone (it halved throughput at concurrency 1), and forms each batch from one timer
+    window even while the model is busy; the greedy batcher runs a lone call at once and batches whatever
+    queued while the model computed."""
 
-
-def model_deployment(cfg: ServeAppConfig):
-    """The model deployment class for `cfg` (multiplexing and batching settings are decorator arguments)."""
-    batch = serve.batch(max_batch_size=cfg.batching.max_batch_size, batch_wait_timeout_s=cfg.batching.batch_wait_timeout_s)
-
-    class OmniVLModel(ModelReplica):
+    class OmniVLModel(replica):
         @serve.multiplexed(max_num_models_per_replica=cfg.max_models_per_replica)
         async def get_model(self, model_id: str) -> engine.LoadedModel:
             return await self.load_model(model_id)
-
-        @batch
-        async def batched_visual(self, items: list) -> list:
-            return await self.run("visual", engine.run_visual, items)
-
-        @batch
-        async def batched_text(self, items: list) -> list:
-            return await self.run("text", engine.run_text, items)
-
-        @batch
-        async def batched_match(self, items: list) -> list:
-            return await self.run("match", engine.run_match, items)
-
-        @batch
-        async def batched_generate(self, items: list) -> list:
-            return await self.run("generate", engine.run_generate, items)
 
     return serve.deployment(OmniVLModel, name=MODEL_DEPLOYMENT)
 
@@ -213,6 +231,61 @@ class RayBackend:
         return await self.handle.stats.remote()
 
 
+# Readiness comes from the Serve controller's status of the application rather than from a call to a model
+# replica. A replica is RUNNING only once its constructor (load + warm-up) has returned, so "application RUNNING"
+# means every model replica of the target count is warm; autoscaling adds replicas without leaving RUNNING, and
+# Serve routes nothing to a replica that is still starting, so an upscale does not make the app unready. A call
+# through the model handle, by contrast, reaches one replica only, queues behind real requests (probes would time
+# out when the app is busiest) and waits indefinitely while no replica exists. `serve.status()` is the public
+# API for it (one controller call, run off the event loop); a "ready" answer is reused for READY_CACHE_S so a
+# probe storm costs the controller at most one call per second per ingress replica.
+READY_CACHE_S = 1.0
+READY_TIMEOUT_S = 120.0  # `omnivl serve`: from serve.run's return (app RUNNING) to the same rule saying ready
+READY_POLL_S = 0.2
+
+
+def _state(value) -> str:
+    return getattr(value, "value", str(value))
+
+
+def app_readiness(app) -> S.ReadyResponse:
+    """Ready iff the application (a `serve.status().applications[name]`, or None) is RUNNING with at least one
+    RUNNING model replica; otherwise not ready, with the application's and the model deployment's status."""
+    if app is None:
+        return S.ReadyResponse(status="not_ready", reason="application not deployed")
+    replicas = {name: {_state(k): n for k, n in d.replica_states.items()} for name, d in app.deployments.items()}
+    running = replicas.get(MODEL_DEPLOYMENT, {}).get("RUNNING", 0)
+    if _state(app.status) == "RUNNING" and running:
+        return S.ReadyResponse(status="ready", reason=f"{running} model replica(s) loaded and warmed up",
+                               replicas=replicas)
+    model = app.deployments.get(MODEL_DEPLOYMENT)
+    if model is None:
+        detail = f"no {MODEL_DEPLOYMENT} deployment"
+    else:
+        detail = f"{MODEL_DEPLOYMENT} {_state(model.status)}, {running} warm replica(s)"
+        detail += f": {model.message}" if model.message else ""
+    return S.ReadyResponse(status="not_ready", reason=f"application {_state(app.status)}; {detail}",
+                           replicas=replicas)
+
+
+class ServeReadiness:
+    """`/readyz` of the application this ingress replica belongs to: `app_readiness` of Serve's status."""
+
+    def __init__(self, app_name: str) -> None:
+        self.app_name = app_name
+        self.lock = asyncio.Lock()
+        self.last: S.ReadyResponse | None = None
+        self.checked = 0.0
+
+    async def __call__(self) -> S.ReadyResponse:
+        async with self.lock:
+            if self.last is None or self.last.status != "ready" or time.monotonic() - self.checked > READY_CACHE_S:
+                status = await asyncio.to_thread(serve.status)
+                self.last = app_readiness(status.applications.get(self.app_name))
+                self.checked = time.monotonic()
+            return self.last
+
+
 @serve.deployment(name=INGRESS_DEPLOYMENT)
 @serve.ingress()
 class OmniVLIngress:
@@ -228,11 +301,12 @@ class OmniVLIngress:
                         if cfg.auth.api_key_env else "")
         models = {mid: model_summary(uri) for mid, uri in cfg.checkpoints.items()}
         self.frontend = Frontend(cfg, RayBackend(model), models)
+        self.readiness = ServeReadiness(serve.get_replica_context().app_name)
 
     def __serve_build_asgi_app__(self):
         from omnivl.serving.http import build_api
 
-        return build_api(self.frontend, self.api_key, self.metrics)
+        return build_api(self.frontend, self.api_key, self.metrics, self.readiness)
 
 
 # ---- builders ----------------------------------------------------------------------------------------------
@@ -256,12 +330,13 @@ def _model_options(cfg: ServeAppConfig) -> dict:
     return opts
 
 
-def build_app(args: dict) -> serve.Application:
+def build_app(args: dict, replica: type[ModelReplica] = ModelReplica) -> serve.Application:
     """The application for `args` (a ServeAppConfig as a dict): the `import_path` target of serve/*.yaml.
-    Raises pydantic.ValidationError for bad args (before anything is deployed)."""
+    `replica`: the model replica class (tests substitute a subclass). Raises pydantic.ValidationError for bad
+    args (before anything is deployed)."""
     cfg = ServeAppConfig.model_validate(args)
     plain = cfg.to_dict()
-    model = model_deployment(cfg).options(**_model_options(cfg)).bind(plain)
+    model = model_deployment(cfg, replica).options(**_model_options(cfg)).bind(plain)
     ingress = OmniVLIngress.options(num_replicas=cfg.ingress.num_replicas,
                                     max_ongoing_requests=cfg.ingress.max_ongoing_requests,
                                     ray_actor_options={"num_cpus": cfg.ingress.cpus})
@@ -269,8 +344,9 @@ def build_app(args: dict) -> serve.Application:
 
 
 def deploy(job, name: str = APP_NAME) -> str:
-    """Start Serve's HTTP proxy on job.host:job.port (on the current Ray) and deploy the app; returns its URL.
-    Raises SpecError naming every missing local checkpoint or gallery path before anything is deployed."""
+    """Start Serve's HTTP proxy on job.host:job.port (on the current Ray), deploy the app and wait until it is
+    ready (`wait_ready`); returns its URL. Raises SpecError naming every missing local checkpoint or gallery path
+    before anything is deployed, RuntimeError if the deployment fails, TimeoutError if it never gets ready."""
     from omnivl.serving.config import missing_local_inputs
     from omnivl.spec.errors import SpecError
 
@@ -279,29 +355,46 @@ def deploy(job, name: str = APP_NAME) -> str:
         raise SpecError(issues, job.name)
     serve.start(http_options={"host": job.host, "port": job.port})
     serve.run(build_app(job.app.to_dict()), name=name, route_prefix=job.route_prefix)
+    wait_ready(name)
     return f"http://{job.host}:{job.port}{job.route_prefix.rstrip('/')}"
 
 
+def wait_ready(name: str, timeout_s: float = READY_TIMEOUT_S) -> S.ReadyResponse:
+    """Block until application `name` is ready by the rule `/readyz` answers with (`app_readiness`). serve.run
+    returns once the application is RUNNING; this keeps "deployed" and "ready" from drifting apart should the
+    two rules ever differ. Raises TimeoutError with the last reason."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        state = app_readiness(serve.status().applications.get(name))
+        if state.status == "ready":
+            return state
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"application {name!r} not ready after {timeout_s:g}s: {state.reason}")
+        time.sleep(READY_POLL_S)
+
+
 def run_job(job) -> dict:
-    """Runner of the `serve` job kind: deploy, print the URL, block until Ctrl-C (or SIGTERM, as a container
-    stop sends), then remove the app."""
+    """Runner of the `serve` job kind: deploy, print the URL once every model replica is warm (with the cold
+    start's duration), block until Ctrl-C (or SIGTERM, as a container stop sends), then remove the app."""
     import signal
     import threading
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
-    started, url = time.monotonic(), None
+    started, url, cold_start_s = time.monotonic(), None, None
     try:
         url = deploy(job)
-        console.say(f"serving {', '.join(job.app.checkpoints)} at {url}  (OpenAPI: {url}/docs, health: "
-                    f"{url}/healthz); Ctrl-C to stop")
+        cold_start_s = round(time.monotonic() - started, 1)
+        console.say(f"ready after a {cold_start_s}s cold start (deploy, checkpoint load, warm-up): serving "
+                    f"{', '.join(job.app.checkpoints)} at {url}  (OpenAPI: {url}/docs, readiness: {url}/readyz); "
+                    "Ctrl-C to stop")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         console.say("stopping")
     finally:
         serve.delete(APP_NAME)
-    return {"url": url, "served_s": round(time.monotonic() - started, 1)}
+    return {"url": url, "cold_start_s": cold_start_s, "served_s": round(time.monotonic() - started, 1)}
 
 
 def _interrupt(signum, frame):
@@ -310,43 +403,97 @@ def _interrupt(signum, frame):
 
 # ---- benchmark ---------------------------------------------------------------------------------------------
 
+BENCH_APP = "omnivl-bench"
+HTTP_READY_TIMEOUT_S = 60.0  # benchmark: serve.run's return (app RUNNING) -> /readyz 200 over HTTP
+COLD_REQUESTS = 100  # "the first N requests after ready" of the cold-start figures
+COLD_CONCURRENCY = 4
 
-def bench_args(checkpoint: str, batching: bool, max_batch_size: int, wait_s: float, max_concurrency: int) -> dict:
+
+def bench_args(checkpoint: str, batching: bool, max_batch_size: int, max_concurrency: int) -> dict:
     """The app the benchmark deploys: one replica, one torch thread, no auth; only batching differs."""
     return {"checkpoints": {"bench": checkpoint}, "device": "auto",
-            "batching": {"enabled": batching, "max_batch_size": max_batch_size, "batch_wait_timeout_s": wait_s},
+            "batching": {"enabled": batching, "max_batch_size": max_batch_size},
             "max_ongoing_requests": max(max_batch_size, 2 * max_concurrency), "torch_threads": 1,
             "auth": {"api_key": None, "api_key_env": None}}
 
 
-def run_bench(checkpoint: str, bodies: dict[str, bytes], endpoint: str, requests: int, concurrencies: list[int],
-              max_batch_size: int = 16, wait_s: float = 0.01, warmup: int = 32, port: int = 0) -> dict:
-    """Throughput and p50/p99 at each concurrency with batching on, then off, on the current Ray (same run).
-    Deploys on 127.0.0.1 only and removes what it deployed. Returns {"rows": [...], "ratio_at": {c: on/off}}."""
+def run_bench(checkpoint: str, body: bytes, endpoint: str, requests: int, concurrencies: list[int],
+              max_batch_size: int = 16, warmup: int = 32, cold_requests: int = COLD_REQUESTS,
+              cold_concurrency: int = COLD_CONCURRENCY, port: int = 0) -> dict:
+    """Batching on, then off, on the current Ray (127.0.0.1 only; removes what it deployed). Per mode: the cold
+    start (serve.run start -> /readyz 200 over HTTP; the replica's load and warm-up; p99 of the first
+    `cold_requests` requests after ready vs p99 of as many right after, warm), then throughput and p50/p99 at each
+    concurrency. Returns {"cold": [...], "rows": [...], "throughput_ratio_on_off": {c: on/off}}."""
     from omnivl.serving.loadgen import run_load
 
     port = port or _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    url = f"http://127.0.0.1:{port}/v1/{endpoint}"
-    headers = {"Content-Type": "application/json"}
-    rows = []
+    base = f"http://127.0.0.1:{port}"
+    load = functools.partial(run_load, f"{base}/v1/{endpoint}", body, {"Content-Type": "application/json"})
+    rows, cold = [], []
     for batching in (True, False):
-        serve.run(build_app(bench_args(checkpoint, batching, max_batch_size, wait_s, max(concurrencies))),
-                  name="omnivl-bench", route_prefix="/")
+        mode = "on" if batching else "off"
+        started = time.monotonic()
+        serve.run(build_app(bench_args(checkpoint, batching, max_batch_size, max(concurrencies))), name=BENCH_APP,
+                  route_prefix="/")
         try:
-            run_load(url, bodies[endpoint], headers, warmup, max(concurrencies))
+            wait_http_ready(base)
+            ready_s = time.monotonic() - started
+            first, warm = load(cold_requests, cold_concurrency), load(cold_requests, cold_concurrency)
+            cold.append(_cold_row(mode, ready_s, first, warm, _get_json(f"{base}/v1/stats")["model"]["cold_start"]))
+            print(_cold_text(cold[-1]), flush=True)
+            load(warmup, max(concurrencies))
             for c in concurrencies:
-                res = run_load(url, bodies[endpoint], headers, requests, c)
-                rows.append({"batching": "on" if batching else "off", **res.summary()})
+                rows.append({"batching": mode, **load(requests, c).summary()})
                 print(_row_text(rows[-1]), flush=True)
         finally:
-            serve.delete("omnivl-bench")
+            serve.delete(BENCH_APP)
     ratio = {}
     for c in concurrencies:
         on, off = (next(r for r in rows if r["batching"] == b and r["concurrency"] == c) for b in ("on", "off"))
         ratio[c] = round(on["throughput_rps"] / off["throughput_rps"], 2) if off["throughput_rps"] else None
-    return {"endpoint": endpoint, "requests_per_level": requests, "max_batch_size": max_batch_size, "rows": rows,
-            "throughput_ratio_on_off": ratio}
+    return {"endpoint": endpoint, "requests_per_level": requests, "max_batch_size": max_batch_size, "cold": cold,
+            "rows": rows, "throughput_ratio_on_off": ratio}
+
+
+def wait_http_ready(base_url: str, timeout_s: float = HTTP_READY_TIMEOUT_S) -> None:
+    """Poll GET {base_url}/readyz until it answers 200 (connection errors, 404 and 503 mean not yet)."""
+    import urllib.error
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/readyz", timeout=5) as resp:
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(READY_POLL_S)
+    raise TimeoutError(f"{base_url}/readyz not 200 after {timeout_s:g}s")
+
+
+def _get_json(url: str) -> dict:
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _cold_row(mode: str, ready_s: float, first, warm, replica: dict) -> dict:
+    p99_first, p99_warm = first.percentile(99), warm.percentile(99)
+    return {"batching": mode, "deploy_to_ready_s": round(ready_s, 2), "replica_load_s": replica["load_s"],
+            "replica_warmup_s": replica["warmup_s"], "requests": first.requests, "concurrency": first.concurrency,
+            "first_ok": first.ok, "first_p99_ms": round(p99_first, 1), "warm_p99_ms": round(p99_warm, 1),
+            "p99_first_over_warm": round(p99_first / p99_warm, 2) if p99_warm else None}
+
+
+def _cold_text(r: dict) -> str:
+    return (f"batching={r['batching']:3} cold start: deploy->ready {r['deploy_to_ready_s']:6.2f} s (replica load "
+            f"{r['replica_load_s']:.2f} s, warm-up {r['replica_warmup_s']:.2f} s); first {r['requests']} at "
+            f"c={r['concurrency']}: ok={r['first_ok']} p99={r['first_p99_ms']:.1f} ms vs warm "
+            f"p99={r['warm_p99_ms']:.1f} ms ({r['p99_first_over_warm']}x)")
 
 
 def _row_text(r: dict) -> str:

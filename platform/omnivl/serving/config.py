@@ -10,9 +10,12 @@ from omnivl.spec.base import Config
 
 
 class BatchingConfig(Config):
+    """Dynamic batching (`omnivl.serving.engine.Batcher`): a request that finds the model idle runs at once;
+    requests that arrive while a batch computes run together next, up to `max_batch_size`. No timer: nothing
+    waits for company (so there is no `batch_wait_timeout_s`)."""
+
     enabled: bool = True
     max_batch_size: int = Field(default=16, ge=1)
-    batch_wait_timeout_s: float = Field(default=0.01, ge=0)
 
 
 class AutoscalingSpec(Config):

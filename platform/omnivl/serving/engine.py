@@ -4,12 +4,16 @@ Legend: N items, E embedding dim, L text length, P prompt length.
 
 Each `run_*` function takes the calls of one dynamic batch (a list, one entry per HTTP request, each holding
 that request's items as numpy arrays), concatenates what can share a forward pass, runs the model once per
-group and returns one result per call, in order. The Ray Serve replica wraps them in `@serve.batch`; tests
-call them directly.
+group and returns one result per call, in order. The Ray Serve replica feeds them through a `Batcher` (one per
+operation) and runs `warm_up` before it reports ready; tests call them directly.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,3 +173,103 @@ def decoding_kwargs(method: str, max_new_tokens: int, num_beams: int, top_p: flo
     if method == "nucleus":
         opts["top_p"] = top_p
     return tuple(sorted(opts.items()))
+
+
+OPS: dict[str, Callable[[LoadedModel, list], list]] = {
+    "visual": run_visual, "text": run_text, "match": run_match, "generate": run_generate}
+
+WARMUP_NEW_TOKENS = 2  # decoding steps of the warm-up generation: the first step and a longer-prefix one
+
+
+def warmup_calls(lm: LoadedModel, text_length: int) -> dict[str, tuple[str, object]]:
+    """{name: (op, call)}: one small synthetic call per operation (visual for both modalities) of the checkpoint's
+    geometry and the server's text length, so that the first real request of each kind finds every code path
+    (kernels, allocator pools, the worker thread) already run."""
+    g, tok = lm.geometry, lm.model.tokens
+    image = np.zeros((1, 3, g.image_size, g.image_size), np.uint8)
+    video = np.zeros((1, g.num_frames, 3, g.image_size, g.image_size), np.uint8)
+    ids = np.full((1, text_length), tok.pad, np.int64)
+    ids[0, :2] = (tok.cls, tok.eos)
+    mask = (ids != tok.pad).astype(np.int64)
+    return {"visual_image": ("visual", VisualCall(image, "image")),
+            "visual_video": ("visual", VisualCall(video, "video")),
+            "text": ("text", TextCall(ids, mask)),
+            "match": ("match", MatchCall(image, "image", ids, mask)),
+            "generate": ("generate", GenerateCall(image, "image", None,
+                                                  decoding_kwargs("greedy", WARMUP_NEW_TOKENS, 1, 1.0)))}
+
+
+def warm_up(lm: LoadedModel, text_length: int) -> dict[str, float]:
+    """Run `warmup_calls` once each; returns {name: seconds}. Call it on the thread that will run the model."""
+    seconds = {}
+    for name, (op, call) in warmup_calls(lm, text_length).items():
+        start = time.perf_counter()
+        OPS[op](lm, [call])
+        seconds[name] = time.perf_counter() - start
+    return seconds
+
+
+class Batcher:
+    """Greedy dynamic batching of one operation on one asyncio event loop (not thread-safe).
+
+    A call submitted while no batch of this operation is running starts a batch at once, alone: a lone request
+    never waits for company. Calls submitted while a batch runs queue up, and the next batch takes all of them
+    (at most `max_batch_size`) as soon as the running one returns, so batches grow with the load and with the
+    model's latency, without a timer. `run_batch(items)` returns one result per item, in order; an exception it
+    raises fails every call of that batch. A caller that gives up (cancelled) before its batch starts is dropped.
+    """
+
+    def __init__(self, run_batch: Callable[[list], Awaitable[list]], max_batch_size: int) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self.run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.queue: deque[tuple[object, asyncio.Future]] = deque()
+        self.drainer: asyncio.Task | None = None  # set while a batch runs or calls wait
+
+    async def submit(self, item: object) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self.queue.append((item, future))
+        if self.drainer is None:  # no await since the append: no other call can slip in between
+            self.drainer = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self.queue:
+                batch = self._take()
+                if batch:
+                    await self._run(batch)
+        except asyncio.CancelledError:
+            for _, future in self.queue:
+                future.cancel()
+            self.queue.clear()
+            raise
+        finally:
+            self.drainer = None
+
+    def _take(self) -> list[tuple[object, asyncio.Future]]:
+        batch = []
+        while self.queue and len(batch) < self.max_batch_size:
+            item, future = self.queue.popleft()
+            if not future.done():
+                batch.append((item, future))
+        return batch
+
+    async def _run(self, batch: list[tuple[object, asyncio.Future]]) -> None:
+        try:
+            results = await self.run_batch([item for item, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(results)} results for {len(batch)} items")
+        except asyncio.CancelledError:
+            for _, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # noqa: BLE001 - handed to every caller of the batch
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)

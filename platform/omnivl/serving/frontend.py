@@ -92,7 +92,8 @@ class Frontend:
         return {"default": self.cfg.default_model, "models": self.models,
                 "batching": self.cfg.batching.to_dict(), "limits": self.limits.to_dict(),
                 "text_max_length": self.cfg.text_max_length,
-                "gallery": {"manifest": self.cfg.gallery_manifest} if self.cfg.gallery_manifest else None,
+                "gallery": ({"manifest": self.cfg.gallery_manifest} if self.cfg.gallery_manifest else
+                            {"index": self.cfg.gallery_index} if self.cfg.gallery_index else None),
                 "auth": "bearer" if self.cfg.auth.api_key or self.cfg.auth.api_key_env else "none"}
 
     # ---- inputs ------------------------------------------------------------------------------------------
@@ -256,8 +257,9 @@ class Frontend:
         return {"model": model_id, "modality": modality, "answer": text}
 
     async def _search(self, req: S.SearchRequest, uploads: dict[str, bytes], model_id: str) -> dict:
-        if not self.cfg.gallery_manifest:
-            raise ServeError("search_unavailable", "this server indexes no gallery (gallery_manifest is not set)")
+        if not (self.cfg.gallery_manifest or self.cfg.gallery_index):
+            raise ServeError("search_unavailable", "this server has no gallery (set gallery_index or "
+                             "gallery_manifest)")
         self.check_range(req.top_k, self.limits.max_top_k, "top_k")
         if req.text is not None and (req.media is not None or uploads):
             raise ServeError("invalid_request", "give either text or media as the query, not both", "text")

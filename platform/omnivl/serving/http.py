@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
@@ -37,8 +38,10 @@ def _overloaded(exc: Exception) -> bool:
     return type(exc).__name__ in ("BackPressureError", "DeploymentUnavailableError")
 
 
-def build_api(frontend, api_key: str | None = None, metrics=None) -> FastAPI:
-    """The app over a `Frontend` (None: schema only). `api_key` None disables auth; `metrics` records requests."""
+def build_api(frontend, api_key: str | None = None, metrics=None,
+              readiness: Callable[[], Awaitable[S.ReadyResponse]] | None = None) -> FastAPI:
+    """The app over a `Frontend` (None: schema only). `api_key` None disables auth; `metrics` records requests;
+    `readiness` answers `/readyz` (None: ready whenever this process answers, as in-process tests want)."""
     app = FastAPI(title="OmniVL serving API", version="1",
                   description="Embeddings, matching, zero-shot classification, captioning, QA and gallery search "
                               "for images and videos. Auth: 'Authorization: Bearer <key>' when the server has a key.")
@@ -87,6 +90,17 @@ def build_api(frontend, api_key: str | None = None, metrics=None) -> FastAPI:
     @app.get("/healthz", response_model=S.HealthResponse, summary="Liveness (no auth)")
     async def healthz() -> dict:
         return {"status": "ok"}
+
+    @app.get("/readyz", response_model=S.ReadyResponse, responses={503: {"model": S.ReadyResponse}},
+             summary="Readiness (no auth): 200 once every model replica has loaded its checkpoint and run a "
+                     "warm-up batch per operation, else 503 with the reason")
+    async def readyz() -> JSONResponse:
+        try:
+            state = await readiness() if readiness else S.ReadyResponse(status="ready", reason="no readiness source")
+        except Exception as exc:  # noqa: BLE001 - unknown readiness is not ready, and the probe must answer
+            log.warning("readiness check failed: %r", exc)
+            state = S.ReadyResponse(status="not_ready", reason=f"readiness unknown ({type(exc).__name__}: {exc})")
+        return JSONResponse(state.model_dump(), status_code=200 if state.status == "ready" else 503)
 
     @app.get("/v1/model", summary="Served checkpoints, their sizes and configs, limits and batching",
              responses={401: {"model": S.ErrorResponse}})

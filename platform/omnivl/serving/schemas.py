@@ -164,6 +164,15 @@ class HealthResponse(BaseModel):
     status: Literal["ok"]
 
 
+class ReadyResponse(BaseModel):
+    """`GET /readyz`: 200 with status `ready`, or 503 with status `not_ready` and the reason."""
+
+    status: Literal["ready", "not_ready"]
+    reason: str = Field(description="why not ready (or what is ready), for people and logs")
+    replicas: dict[str, dict[str, int]] = Field(
+        default_factory=dict, description="deployment -> replica state (RUNNING, STARTING, ...) -> count")
+
+
 REQUESTS: dict[str, type[BaseModel]] = {
     "embed": EmbedRequest, "match": MatchRequest, "classify": ClassifyRequest,
     "caption": CaptionRequest, "answer": AnswerRequest, "search": SearchRequest,
