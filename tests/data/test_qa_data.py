@@ -14,7 +14,8 @@ from omnivl.data import text as T
 from omnivl.data.config import DecodeConfig, SourceConfig, SynthConfig
 from omnivl.data.decode import OUTPUT_COLUMNS, RowDecoder
 from omnivl.data.manifest import ManifestRow, read_manifest, resolve, row_batches
-from omnivl.data.synth import IMAGE_QTYPES, POSITIONS, VIDEO_QTYPES, make_qa_item, position_answer
+from omnivl.data.synth import (IMAGE_QTYPES, POSITIONS, VIDEO_QTYPES, make_qa_item, position_answer, qa_answer_vocab,
+                               video_qtypes)
 
 
 def _rows(root, dataset, split):
@@ -56,17 +57,37 @@ def test_answers_follow_from_the_scene(small_corpus):
         assert r["answer"] == {"colour": r["colour"], "shape": r["shape"], "direction": r["direction"]}[r["qtype"]]
 
 
-def test_count_images_show_that_many_shapes():
-    cfg = SynthConfig(seed=1, image_size=64)
+@pytest.mark.parametrize("variant", ["demo", "wide", "small-objects"])
+def test_count_images_show_that_many_shapes(variant):
+    cfg = SynthConfig(seed=1, variant=variant, image_size=64 if variant == "demo" else None)
+    width, height = cfg.knobs().frame_size
     for i in range(4, 60, len(IMAGE_QTYPES)):  # every 5th index is a count question
         row, data, _ = make_qa_item("image_qa", "test", i, cfg, media_rows=[])
         assert row["qtype"] == "count" and data is not None
         img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
+        assert img.shape == (height, width, 3)
+        colourful = img.max(axis=2) - img.min(axis=2) > 60  # the shapes; the backgrounds are nearly grey
         found = 0
-        for px, py in POSITIONS.values():  # a shape's centre is far from the grey background
-            r, g, b = img[int(py * 64), int(px * 64)]
-            found += int(max(r, g, b) - min(r, g, b) > 60)
+        for px, py in POSITIONS.values():  # a shape's centre is within the position's jitter (2% of each side)
+            x, y, dx, dy = int(px * width), int(py * height), int(0.02 * width) + 1, int(0.02 * height) + 1
+            found += int(colourful[y - dy:y + dy + 1, x - dx:x + dx + 1].any())
         assert found == int(row["answer"]) == row["count"], row
+
+
+def test_variant_video_questions_cover_diagonals_and_speed():
+    cfg = SynthConfig(seed=2, variant="small-objects", image_size=32, video_frames=2, fps=2)
+    qtypes = video_qtypes(cfg.knobs())
+    assert qtypes == VIDEO_QTYPES + ("speed",) and video_qtypes(SynthConfig().knobs()) == VIDEO_QTYPES
+    vocab = qa_answer_vocab("video", cfg.knobs())
+    assert {"up-left", "down-right", "up", "down", "slowly", "quickly"} <= set(vocab)
+    rows = [make_qa_item("video_qa", "test", i, cfg, media_rows=[])[0] for i in range(40)]
+    assert [r["qtype"] for r in rows[:4]] == list(qtypes)
+    for r in rows:
+        assert r["answer"] == r[r["qtype"]] and r["answer"] in vocab
+    assert any("-" in r["answer"] for r in rows if r["qtype"] == "direction")
+    speed = [r for r in rows if r["qtype"] == "speed"]
+    assert {r["answer"] for r in speed} == {"slowly", "quickly"}
+    assert speed[0]["question"] == f"how fast is the {speed[0]['colour']} {speed[0]['shape']} moving?"
 
 
 def test_qa_text_contract_and_prompt_len(small_corpus):
@@ -129,6 +150,24 @@ def test_hflip_swaps_left_right_in_question_and_answer(tmp_path):
                                else "question: is the red half on the left or the right?")
         seen.add(answer)
     assert seen == {"left", "right"}
+
+
+def test_hflip_mirrors_diagonal_answers(tmp_path):
+    a = np.zeros((32, 32, 3), np.uint8)
+    a[:, :16] = (220, 20, 20)
+    a[:, 16:] = (20, 20, 220)
+    img = tmp_path / "lr.jpg"
+    Image.fromarray(a).save(img, quality=95)
+    src = SourceConfig(name="q", manifest="m.jsonl", modality="image", kind="qa")  # a still stands in for a clip
+    cfg = DecodeConfig(image_size=16, crop_scale_min=1.0, randaugment=False, hflip=True)
+    rows = [{"uri": str(img), "question": "which way is the red circle moving?", "answer": "up-left"}] * 16
+    out, _ = RowDecoder([src], cfg, "image", train=True, seed=0)(_batch(rows))
+    seen = set()
+    for text, px in zip(out["text"], out["pixels"]):
+        flipped = px[0, :, :8].mean() < px[0, :, 8:].mean()  # red went right
+        assert text.split("answer: ")[1] == ("up-right" if flipped else "up-left")
+        seen.add(flipped)
+    assert seen == {True, False}
 
 
 @pytest.mark.parametrize("row,detail", [({"question": "what?", "answer": " "}, "no answer"),

@@ -14,12 +14,16 @@ def register(groups) -> None:
 
 
 def _synth(sub) -> None:
+    from omnivl.data.config import SYNTH_VARIANTS
+
     p = sub.add_parser("synth", help="generate the synthetic corpus (images, H.264 videos, manifests, splits)")
     p.add_argument("--out", required=True, help="output directory (local or s3://); replaced if it exists")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--variant", choices=list(SYNTH_VARIANTS), default=None,
+                   help="preset of frame size, object scale, motion, clips, textures and wordings (docs/data.md)")
     for name in ("image-text", "image-label", "video-text", "video-label", "image-qa", "video-qa", "image-size",
                  "video-frames", "fps"):
-        p.add_argument(f"--{name}", type=int, default=None, help="override the SynthConfig default")
+        p.add_argument(f"--{name}", type=int, default=None, help="override the default or the variant's")
     p.set_defaults(func=run_synth)
 
 

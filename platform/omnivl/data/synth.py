@@ -16,36 +16,66 @@ differ only in motion). Some combinations never occur in train and appear only i
 Everything is a function of the seed: the same seed gives the same files.
 
 QA pairs ask about colour, shape, size, position and count (images) and colour, shape and motion direction
-(videos), with one- or two-word answers ("red", "circle", "top left", "2", "left"). They reuse the media of
-image_text/video_text *of the same split* (path `../image_text/media/...`), so test QA media were never seen in
-training; count questions get their own images of 1-3 identical shapes (image_qa/media/).
+(videos; and speed where the corpus has speed words), with one- or two-word answers ("red", "circle",
+"top left", "2", "left", "up-right", "quickly"). They reuse the media of image_text/video_text *of the same
+split* (path `../image_text/media/...`), so test QA media were never seen in training; count questions get their
+own images of 1-3 identical shapes (image_qa/media/).
+
+Variants (`SynthConfig.variant`, knobs in `SynthKnobs`, table in docs/data.md) change how things look: frame
+size and aspect ratio, object scale, 4 or 8 directions, speed words, clip length and frame rate, textures,
+backgrounds, caption wordings. The facts a caption, label or answer states stay true in every variant.
+`demo` is the corpus as it was before variants, byte for byte: the draws that only variants need (speed,
+texture, background, wording, clip length) come from a second random stream of each item (STYLE_STREAM).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from omnivl import storage
-from omnivl.data.config import DEFAULT_TEMPLATES, SourceConfig, SynthConfig
+from omnivl.data.config import DEFAULT_TEMPLATES, SourceConfig, SynthConfig, SynthKnobs
 
 COLOURS = {
     "red": (215, 40, 40), "green": (40, 160, 60), "blue": (40, 80, 215),
     "yellow": (230, 200, 30), "purple": (135, 55, 185), "orange": (240, 125, 25),
 }
 SHAPES = ("circle", "square", "triangle", "diamond")
-SIZES = {"small": 0.24, "large": 0.44}  # shape extent as a fraction of the image side
+SIZES = ("small", "large")  # their extents are SynthKnobs.object_scale
 POSITIONS = {
     "in the top left": (0.28, 0.28), "in the top right": (0.72, 0.28), "in the center": (0.5, 0.5),
     "in the bottom left": (0.28, 0.72), "in the bottom right": (0.72, 0.72),
 }
-DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+# Unit steps (x right, y down) in the order held_out_video indexes them: a 4-direction corpus uses the first 4.
+DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1),
+              "up-left": (-1, -1), "up-right": (1, -1), "down-left": (-1, 1), "down-right": (1, 1)}
+DEFAULT_TRAVEL = 0.5  # fraction of the frame an object crosses during its clip when the corpus has no speed words
+SPEED_TRAVEL = {"slowly": 0.25, "quickly": 0.65}
+OBJECT_JITTER = (0.9, 1.1)  # an image object's extent is its size's scale times this
+COUNT_OBJECT_SCALE = 0.18  # count images: at most this (or the 'small' scale) so neighbours never touch
+TINT = 0.4  # the light stripes/checks of a textured object: its colour this far towards white
+TEXTURE_BANDS = 8  # stripes/checks: bands across a textured object
+TEXTURE_GRAIN = 22  # "noise" texture: standard deviation of the grain on the object's colour
+FLAT_GREY, FLAT_GRAIN = (200, 246), 6  # the demo's background: grey level range, grain
+NOISE_GREY, NOISE_BLOTCH, NOISE_GRAIN, BLOTCH_GRID = (175, 226), 20, 12, (4, 6)
+GRADIENT_GREY, GRADIENT_GRAIN = (170, 246), 3
+BACKGROUND_TINT = 5  # noise/gradient backgrounds: at most this per-channel offset from grey
+STYLE_STREAM = 1  # appended to an item's seed: the random stream of the draws only variants make
+# Caption phrasings (SynthKnobs.wordings takes the first n); the first of each is the demo's.
+IMAGE_WORDINGS = ("a {size} {colour} {shape} {position}",
+                  "{position} there is a {size} {colour} {shape}",
+                  "a {colour} {shape} of {size} size {position}")
+VIDEO_WORDINGS = ("{a} {colour} {shape} moving {direction} {speed}",
+                  "{a} {colour} {shape} {speed} moves {direction}",
+                  "the {colour} {shape} is heading {direction} {speed}")
 # (colour, shape) pairs never seen in training images; one per shape, so every shape and colour is still seen.
 HELD_OUT_IMAGE = {("red", "triangle"), ("green", "circle"), ("blue", "diamond"), ("yellow", "square")}
 DATASETS = ("image_text", "image_label", "video_text", "video_label")
@@ -70,6 +100,7 @@ class Scene:
     size: str = "small"
     position: str = "in the center"
     direction: str = ""
+    speed: str = ""  # a speed word, or "" in a corpus without them
 
     @property
     def held_out(self) -> bool:
@@ -77,15 +108,34 @@ class Scene:
             return held_out_video(self.colour, self.shape, self.direction)
         return (self.colour, self.shape) in HELD_OUT_IMAGE
 
-    def image_caption(self) -> str:
-        return f"a {self.size} {self.colour} {self.shape} {self.position}"
+    def image_caption(self, wording: int = 0) -> str:
+        return IMAGE_WORDINGS[wording].format(size=self.size, colour=self.colour, shape=self.shape,
+                                              position=self.position)
 
-    def video_caption(self) -> str:
-        return f"{_article(self.colour)} {self.colour} {self.shape} moving {self.direction}"
+    def video_caption(self, wording: int = 0) -> str:
+        text = VIDEO_WORDINGS[wording].format(a=_article(self.colour), colour=self.colour, shape=self.shape,
+                                              direction=self.direction, speed=self.speed)
+        return " ".join(text.split())  # no speed word leaves a double or trailing space
+
+
+@dataclass(frozen=True)
+class Style:
+    """How an item is drawn and phrased, beyond the facts its text states."""
+
+    texture: str = "solid"
+    background: str = "flat"
+    wording: int = 0
+    fps: int = 8
+    frames: int = 16
+    texture_seed: int = 0
 
 
 def _article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
+
+
+def direction_names(knobs: SynthKnobs) -> tuple[str, ...]:
+    return tuple(DIRECTIONS)[:knobs.directions]
 
 
 # --- Drawing ----------------------------------------------------------------------------------------------
@@ -105,37 +155,94 @@ def draw_shape(canvas: Image.Image, shape: str, cx: float, cy: float, extent: fl
         raise ValueError(f"unknown shape {shape!r}")
 
 
-def background(size: int, rng: np.random.Generator) -> Image.Image:
-    """A light grey background with mild noise, so images are not trivially flat."""
-    grey = rng.integers(200, 246)
-    noise = rng.normal(0, 6, (size, size, 1))
-    a = np.clip(grey + noise, 0, 255).astype(np.uint8).repeat(3, axis=2)
-    return Image.fromarray(a)
+def background(width: int, height: int, rng: np.random.Generator, kind: str = "flat") -> Image.Image:
+    """A light, nearly colourless background (so the object's colour word stays the only colour):
+    flat: grey with mild grain (the demo's); noise: soft blotches and grain; gradient: between two light tints."""
+    if kind == "flat":
+        grey = rng.integers(*FLAT_GREY)
+        noise = rng.normal(0, FLAT_GRAIN, (height, width, 1))
+        return Image.fromarray(np.clip(grey + noise, 0, 255).astype(np.uint8).repeat(3, axis=2))
+    tint = rng.integers(-BACKGROUND_TINT, BACKGROUND_TINT + 1, 3)
+    if kind == "noise":
+        grey = rng.integers(*NOISE_GREY)
+        blotches = rng.normal(0, NOISE_BLOTCH, BLOTCH_GRID)  # a coarse grid, smoothly upscaled
+        blotches_HW = np.asarray(Image.fromarray(blotches.astype(np.float32), mode="F").resize(
+            (width, height), Image.BILINEAR))
+        a = grey + tint + blotches_HW[..., None] + rng.normal(0, NOISE_GRAIN, (height, width, 1))
+    elif kind == "gradient":
+        ends = rng.integers(*GRADIENT_GREY, (2, 1)) + tint  # two light greys, both tinted alike
+        angle = rng.uniform(0, 2 * np.pi)
+        yy, xx = np.mgrid[0:height, 0:width]
+        t = xx * np.cos(angle) / width + yy * np.sin(angle) / height
+        t = (t - t.min()) / max(float(np.ptp(t)), 1e-9)
+        a = ends[0] + (ends[1] - ends[0]) * t[..., None] + rng.normal(0, GRADIENT_GRAIN, (height, width, 1))
+    else:
+        raise ValueError(f"unknown background {kind!r}")
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
-def render_image(scene: Scene, size: int, rng: np.random.Generator) -> Image.Image:
-    img = background(size, rng)
+def texture_fill(texture: str, side: int, rgb, seed: int) -> Image.Image:
+    """A side x side RGB fill in the object's colour: stripes or checks of it and its light tint, or grain."""
+    base = np.asarray(rgb, dtype=float)
+    tint = base + (255 - base) * TINT
+    yy, xx = np.mgrid[0:side, 0:side]
+    band = max(1, side // TEXTURE_BANDS)
+    if texture == "stripes":
+        light = (xx // band) % 2 == 1
+    elif texture == "checks":
+        light = (xx // band + yy // band) % 2 == 1
+    elif texture == "noise":
+        grain = np.random.default_rng(seed).normal(0, TEXTURE_GRAIN, (side, side, 1))
+        return Image.fromarray(np.clip(base + grain, 0, 255).astype(np.uint8))
+    else:
+        raise ValueError(f"unknown texture {texture!r}")
+    return Image.fromarray(np.where(light[..., None], tint, base).astype(np.uint8))
+
+
+Painter = Callable[[Image.Image, float, float], None]
+
+
+def object_painter(shape: str, extent: float, rgb, texture: str = "solid", texture_seed: int = 0) -> Painter:
+    """A function drawing the object centred at (cx, cy) pixels. A textured fill is made once, so in a
+    video it moves with the object; "solid" draws straight onto the canvas (as the demo corpus did)."""
+    if texture == "solid":
+        return lambda canvas, cx, cy: draw_shape(canvas, shape, cx, cy, extent, rgb)
+    side = int(np.ceil(extent)) + 2
+    mask = Image.new("L", (side, side), 0)
+    draw_shape(mask, shape, side / 2, side / 2, extent, 255)
+    fill = texture_fill(texture, side, rgb, texture_seed)
+    return lambda canvas, cx, cy: canvas.paste(fill, (round(cx - side / 2), round(cy - side / 2)), mask)
+
+
+def render_image(scene: Scene, knobs: SynthKnobs, style: Style, rng: np.random.Generator) -> Image.Image:
+    width, height = knobs.frame_size
+    img = background(width, height, rng, style.background)
     px, py = POSITIONS[scene.position]
     jitter = rng.uniform(-0.04, 0.04, 2)
-    extent = SIZES[scene.size] * rng.uniform(0.9, 1.1) * size
-    draw_shape(img, scene.shape, (px + jitter[0]) * size, (py + jitter[1]) * size, extent, COLOURS[scene.colour])
+    extent = knobs.object_scale[SIZES.index(scene.size)] * rng.uniform(*OBJECT_JITTER) * min(width, height)
+    paint = object_painter(scene.shape, extent, COLOURS[scene.colour], style.texture, style.texture_seed)
+    paint(img, (px + jitter[0]) * width, (py + jitter[1]) * height)
     return img
 
 
-def render_video(scene: Scene, size: int, frames: int, rng: np.random.Generator) -> np.ndarray:
-    """uint8 [frames, size, size, 3]: the shape crosses about half the frame in `scene.direction`."""
+def render_video(scene: Scene, knobs: SynthKnobs, style: Style, rng: np.random.Generator) -> np.ndarray:
+    """uint8 [frames, height, width, 3]: the shape crosses DEFAULT_TRAVEL (or its speed's SPEED_TRAVEL) of
+    the frame in `scene.direction`, centred on the frame's middle along each moving axis."""
+    width, height = knobs.frame_size
     dx, dy = DIRECTIONS[scene.direction]
-    extent = rng.uniform(0.22, 0.32) * size
-    across = rng.uniform(0.35, 0.65)  # the coordinate that does not move
-    start, end = 0.75, 0.25  # along the motion axis, in the direction of motion
-    bg = background(size, rng)
+    extent = rng.uniform(*knobs.video_object_scale) * min(width, height)
+    across = rng.uniform(0.35, 0.65)  # the coordinate that does not move (none for a diagonal)
+    travel = SPEED_TRAVEL.get(scene.speed, DEFAULT_TRAVEL)
+    start, end = 0.5 + travel / 2, 0.5 - travel / 2  # along the motion axis, in the direction of motion
+    bg = background(width, height, rng, style.background)
+    paint = object_painter(scene.shape, extent, COLOURS[scene.colour], style.texture, style.texture_seed)
     out = []
-    for f in range(frames):
-        along = start + (end - start) * f / (frames - 1)
+    for f in range(style.frames):
+        along = start + (end - start) * f / (style.frames - 1)
         x = (1 - along) if dx > 0 else along if dx < 0 else across
         y = (1 - along) if dy > 0 else along if dy < 0 else across
         canvas = bg.copy()
-        draw_shape(canvas, scene.shape, x * size, y * size, extent, COLOURS[scene.colour])
+        paint(canvas, x * width, y * height)
         out.append(np.asarray(canvas))
     return np.stack(out)
 
@@ -166,14 +273,49 @@ def encode_h264(frames_THWC: np.ndarray, fps: int, gop: int | None = None, crf: 
 
 # --- Sampling scenes --------------------------------------------------------------------------------------
 
-def sample_scene(rng: np.random.Generator, video: bool, split: str) -> Scene:
-    """A random scene; training draws only combinations that are not held out, val/test draw from all."""
+def sample_scene(rng: np.random.Generator, video: bool, split: str,
+                 directions: tuple[str, ...] = tuple(DIRECTIONS)[:4]) -> Scene:
+    """A random scene (without speed: see sample_style); training draws only combinations that are not held
+    out, val/test draw from all."""
     while True:
         scene = Scene(colour=str(rng.choice(list(COLOURS))), shape=str(rng.choice(SHAPES)),
                       size=str(rng.choice(list(SIZES))), position=str(rng.choice(list(POSITIONS))),
-                      direction=str(rng.choice(list(DIRECTIONS))) if video else "")
+                      direction=str(rng.choice(list(directions))) if video else "")
         if split != "train" or not scene.held_out:
             return scene
+
+
+def sample_style(rng: np.random.Generator, knobs: SynthKnobs, video: bool) -> tuple[Style, str]:
+    """(style, speed word or "") of one item, from its STYLE_STREAM generator."""
+    texture, bg = str(rng.choice(knobs.textures)), str(rng.choice(knobs.backgrounds))
+    wording, texture_seed = int(rng.integers(knobs.wordings)), int(rng.integers(2**31))
+    if not video:
+        return Style(texture, bg, wording, texture_seed=texture_seed), ""
+    speed = str(rng.choice(knobs.speeds)) if knobs.speeds else ""
+    fps = int(rng.integers(knobs.fps[0], knobs.fps[1] + 1))
+    frames = knobs.video_frames or max(2, round(rng.uniform(*knobs.clip_seconds) * fps))
+    return Style(texture, bg, wording, fps, frames, texture_seed), speed
+
+
+def item_rngs(cfg: SynthConfig, dataset_index: int, split: str,
+              index: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(scene stream, style stream) of one item: pure functions of (seed, dataset, split, index)."""
+    key = [cfg.seed, dataset_index, SPLITS.index(split), index]
+    return np.random.default_rng(key), np.random.default_rng(key + [STYLE_STREAM])
+
+
+def style_fields(knobs: SynthKnobs, style: Style, speed: str, video: bool) -> dict:
+    """The manifest fields of what varies in this corpus beyond the demo's (none for the demo)."""
+    out: dict = {}
+    if video and knobs.speeds:
+        out["speed"] = speed
+    if len(knobs.textures) > 1:
+        out["texture"] = style.texture
+    if len(knobs.backgrounds) > 1:
+        out["background"] = style.background
+    if video and (knobs.video_frames is None or knobs.fps[0] != knobs.fps[1]):
+        out.update(fps=style.fps, frames=style.frames)
+    return out
 
 
 def split_counts(total: int, cfg: SynthConfig) -> dict[str, int]:
@@ -183,21 +325,24 @@ def split_counts(total: int, cfg: SynthConfig) -> dict[str, int]:
 
 def make_item(dataset: str, split: str, index: int, cfg: SynthConfig) -> tuple[dict, bytes, str]:
     """(manifest row, media bytes, extension) of one item; a pure function of (seed, dataset, split, index)."""
-    rng = np.random.default_rng([cfg.seed, DATASETS.index(dataset), SPLITS.index(split), index])
+    knobs = cfg.knobs()
+    rng, style_rng = item_rngs(cfg, DATASETS.index(dataset), split, index)
     video = dataset.startswith("video")
-    scene = sample_scene(rng, video, split)
+    scene = sample_scene(rng, video, split, direction_names(knobs))
+    style, scene.speed = sample_style(style_rng, knobs, video)
     row = {"colour": scene.colour, "shape": scene.shape, "held_out": scene.held_out}
     if video:
         row["direction"] = scene.direction
-        data = encode_h264(render_video(scene, cfg.image_size, cfg.video_frames, rng), cfg.fps)
+        data = encode_h264(render_video(scene, knobs, style, rng), style.fps)
         ext = "mp4"
     else:
         row.update(size=scene.size, position=scene.position)
-        data, ext = encode_jpeg(render_image(scene, cfg.image_size, rng)), "jpg"
+        data, ext = encode_jpeg(render_image(scene, knobs, style, rng)), "jpg"
+    row.update(style_fields(knobs, style, scene.speed, video))
     if dataset == "image_text":
-        row["text"] = scene.image_caption()
+        row["text"] = scene.image_caption(style.wording)
     elif dataset == "video_text":
-        row["text"] = scene.video_caption()
+        row["text"] = scene.video_caption(style.wording)
     elif dataset == "image_label":
         row["label"] = scene.shape
     else:
@@ -224,33 +369,44 @@ def qa_pair(scene: Scene, qtype: str, count: int = 1) -> tuple[str, str]:
         return f"where is the {scene.colour} {scene.shape}?", position_answer(scene.position)
     if qtype == "direction":
         return f"which way is the {scene.colour} {scene.shape} moving?", scene.direction
+    if qtype == "speed":
+        return f"how fast is the {scene.colour} {scene.shape} moving?", scene.speed
     if qtype == "count":
         return f"how many {scene.shape}s are there?", str(count)
     raise ValueError(f"unknown question type {qtype!r}")
 
 
-def qa_answer_vocab(modality: str) -> list[str]:
+def video_qtypes(knobs: SynthKnobs) -> tuple[str, ...]:
+    """The video question types of a corpus: VIDEO_QTYPES, and "speed" where it has speed words."""
+    return VIDEO_QTYPES + (("speed",) if knobs.speeds else ())
+
+
+def qa_answer_vocab(modality: str, knobs: SynthKnobs) -> list[str]:
     """Every answer a QA dataset of `modality` can have (the report's chance level per question type)."""
     if modality == "video":
-        return sorted({*COLOURS, *SHAPES, *DIRECTIONS})
+        return sorted({*COLOURS, *SHAPES, *direction_names(knobs), *knobs.speeds})
     return sorted({*COLOURS, *SHAPES, *SIZES, *(position_answer(p) for p in POSITIONS), *map(str, COUNTS)})
 
 
-def render_count_image(scene: Scene, count: int, size: int, rng: np.random.Generator) -> Image.Image:
+def render_count_image(scene: Scene, count: int, knobs: SynthKnobs, style: Style,
+                       rng: np.random.Generator) -> Image.Image:
     """`count` identical small shapes at distinct positions (smaller than 'small' so neighbours never touch)."""
-    img = background(size, rng)
+    width, height = knobs.frame_size
+    img = background(width, height, rng, style.background)
+    extent = min(COUNT_OBJECT_SCALE, knobs.object_scale[0]) * min(width, height)
+    paint = object_painter(scene.shape, extent, COLOURS[scene.colour], style.texture, style.texture_seed)
     spots = rng.choice(len(POSITIONS), size=count, replace=False)
     for k in spots:
         px, py = list(POSITIONS.values())[int(k)]
         jitter = rng.uniform(-0.02, 0.02, 2)
-        draw_shape(img, scene.shape, (px + jitter[0]) * size, (py + jitter[1]) * size, 0.18 * size,
-                   COLOURS[scene.colour])
+        paint(img, (px + jitter[0]) * width, (py + jitter[1]) * height)
     return img
 
 
 def _scene_of(row: dict) -> Scene:
     return Scene(colour=row["colour"], shape=row["shape"], size=row.get("size", "small"),
-                 position=row.get("position", "in the center"), direction=row.get("direction", ""))
+                 position=row.get("position", "in the center"), direction=row.get("direction", ""),
+                 speed=row.get("speed", ""))
 
 
 def make_qa_item(dataset: str, split: str, index: int, cfg: SynthConfig,
@@ -258,15 +414,17 @@ def make_qa_item(dataset: str, split: str, index: int, cfg: SynthConfig,
     """(manifest row, media bytes or None, extension) of one QA pair. `media_rows` are the rows (with `path`
     relative to this dataset's directory) of the same split of the dataset whose media are reused; a count
     question, or an empty `media_rows`, draws its own media. Pure function of (seed, dataset, split, index)."""
-    rng = np.random.default_rng([cfg.seed, ALL_DATASETS.index(dataset), SPLITS.index(split), index])
+    knobs = cfg.knobs()
+    rng, style_rng = item_rngs(cfg, ALL_DATASETS.index(dataset), split, index)
     video = dataset.startswith("video")
-    qtypes = VIDEO_QTYPES if video else IMAGE_QTYPES
+    qtypes = video_qtypes(knobs) if video else IMAGE_QTYPES
     qtype = qtypes[index % len(qtypes)]  # balanced question types
     count, data, ext, path = 1, None, "mp4" if video else "jpg", ""
     if qtype == "count":
         scene = sample_scene(rng, False, split)
         count = int(rng.choice(COUNTS))
-        data = encode_jpeg(render_count_image(scene, count, cfg.image_size, rng))
+        style, _ = sample_style(style_rng, knobs, False)
+        data = encode_jpeg(render_count_image(scene, count, knobs, style, rng))
     elif media_rows:
         src = media_rows[int(rng.integers(len(media_rows)))]
         scene, path = _scene_of(src), src["path"]
@@ -278,6 +436,8 @@ def make_qa_item(dataset: str, split: str, index: int, cfg: SynthConfig,
            "colour": scene.colour, "shape": scene.shape, "held_out": scene.held_out}
     if video:
         row["direction"] = scene.direction
+        if knobs.speeds:
+            row["speed"] = scene.speed
     elif qtype == "count":
         row["count"] = count  # the drawn shapes are all "small"-ish and spread over several positions
     else:
@@ -326,21 +486,27 @@ def write_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dic
 
 
 def corpus_summary(cfg: SynthConfig, counts: dict[str, dict[str, int]], seconds: float) -> dict:
+    knobs = cfg.knobs()
+    directions = direction_names(knobs)
     return {
         "seed": cfg.seed,
         "config": cfg.to_dict(),
+        "variant": cfg.variant,
+        "knobs": {**dataclasses.asdict(knobs), "frame_size": list(knobs.frame_size)},
         "datasets": {
             d: {"modality": d.split("_")[0], "kind": d.split("_")[1], "splits": counts[d]} for d in ALL_DATASETS
         },
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
-        "positions": list(POSITIONS), "directions": list(DIRECTIONS),
-        "classes": {"image_label": list(SHAPES), "video_label": [f"moving {d}" for d in DIRECTIONS]},
-        "qa": {"image_qa": {"qtypes": list(IMAGE_QTYPES), "answers": qa_answer_vocab("image")},
-               "video_qa": {"qtypes": list(VIDEO_QTYPES), "answers": qa_answer_vocab("video")}},
+        "positions": list(POSITIONS), "directions": list(directions), "speeds": list(knobs.speeds),
+        "classes": {"image_label": list(SHAPES), "video_label": [f"moving {d}" for d in directions]},
+        "qa": {"image_qa": {"qtypes": list(IMAGE_QTYPES), "answers": qa_answer_vocab("image", knobs)},
+               "video_qa": {"qtypes": list(video_qtypes(knobs)), "answers": qa_answer_vocab("video", knobs)}},
         "templates": DEFAULT_TEMPLATES,
+        "caption_wordings": {"image": list(IMAGE_WORDINGS[:knobs.wordings]),
+                             "video": list(VIDEO_WORDINGS[:knobs.wordings])},
         "held_out": {
             "image_text": sorted(" ".join(p) for p in HELD_OUT_IMAGE),
-            "video_text": sorted(f"{c} {s} {d}" for c in COLOURS for s in SHAPES for d in DIRECTIONS
+            "video_text": sorted(f"{c} {s} {d}" for c in COLOURS for s in SHAPES for d in directions
                                  if held_out_video(c, s, d)),
         },
         "seconds": round(seconds, 2),

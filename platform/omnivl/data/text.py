@@ -93,7 +93,8 @@ def prompt_lengths(tokenizer, prompts: list[str], max_length: int) -> np.ndarray
 
 
 def swap_left_right(text: str) -> str:
-    """'left' <-> 'right' (keeping case), so a horizontally flipped image or clip keeps a true caption."""
+    """'left' <-> 'right' (keeping case), so a horizontally flipped image or clip keeps a true caption. Also
+    inside compounds: 'up-left' -> 'up-right', 'top left' -> 'top right'; 'up'/'down' are kept (no vertical flip)."""
     def swap(m: re.Match) -> str:
         word = m.group(1)
         new = "right" if word.lower() == "left" else "left"

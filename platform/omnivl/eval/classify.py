@@ -11,8 +11,10 @@ from typing import Sequence
 
 import numpy as np
 
-OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up"}
-_DIRECTION = re.compile(r"\b(left|right|up|down)\b")
+OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
+            "up-left": "down-right", "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
+# A diagonal ("up-left") is one direction, so it is tried before its parts.
+_DIRECTION = re.compile(r"\b(?:(?:up|down)-(?:left|right)|left|right|up|down)\b")
 
 
 def ensemble(prompt_embeddings_PE: np.ndarray) -> np.ndarray:
@@ -62,15 +64,17 @@ def confusion(visual_NE: np.ndarray, class_CE: np.ndarray, truth_N: Sequence[int
 
 
 def swap_direction(caption: str) -> str | None:
-    """The caption with its motion direction reversed ('moving left' -> 'moving right'); None if it has none."""
+    """The caption with its motion direction reversed ('moving left' -> 'moving right', 'moving up-left' ->
+    'moving down-right'); None if it has none."""
     if not _DIRECTION.search(caption):
         return None
-    return _DIRECTION.sub(lambda m: OPPOSITE[m.group(1)], caption)
+    return _DIRECTION.sub(lambda m: OPPOSITE[m.group(0)], caption)
 
 
 def direction_of(caption: str) -> str | None:
+    """The first direction word of the caption ('left', ..., 'up-left', ...: a key of OPPOSITE), or None."""
     m = _DIRECTION.search(caption)
-    return m.group(1) if m else None
+    return m.group(0) if m else None
 
 
 def paired_choice_accuracy(visual_NE: np.ndarray, true_NE: np.ndarray, alt_NE: np.ndarray) -> float:
