@@ -11,6 +11,7 @@ shrunk to seconds, run through the real CLI on an embedded Ray.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import yaml
@@ -153,40 +155,83 @@ README_SERVE = re.compile(r"^(?:\.venv/bin/)?omnivl serve (jobs/serve_demo\.yaml
 SERVE_READY_S = 180
 
 
+@contextlib.contextmanager
+def serving(args: list[str], cwd: Path, port: int) -> Iterator[str]:
+    """`python -m omnivl ARGS` in `cwd`, which serves on 127.0.0.1:`port`: yields its URL once /readyz is 200,
+    then stops it with SIGTERM (as a container stop does) and checks that it exited cleanly."""
+    import signal
+    import time
+
+    import requests
+
+    server = subprocess.Popen([sys.executable, "-m", "omnivl", *args], cwd=cwd, env=cli_env(), text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVE_READY_S
+        while True:
+            assert server.poll() is None, server.stdout.read()[-3000:]
+            assert time.monotonic() < deadline, f"{url}/readyz not 200 after {SERVE_READY_S}s"
+            try:
+                if requests.get(f"{url}/readyz", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        yield url
+    finally:
+        server.send_signal(signal.SIGTERM)  # `omnivl serve` and a pipeline's serve step stop on SIGTERM
+        output = server.communicate(timeout=120)[0]
+    assert server.returncode == 0, output[-3000:]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_the_readme_serve_command_serves_what_the_demo_trained(demo_run):
     """Right after the demo: the README's serving command, as written (plus a free port), finds the newest
     exports through `runs/demo/latest/` and answers the README's search request."""
-    import signal
-    import socket
-    import time
-
     import requests
 
     tmp, _, _ = demo_run
     match = README_SERVE.search((ROOT / "README.md").read_text())
     assert match, "the README's serving section no longer shows `omnivl serve jobs/serve_demo.yaml`"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "omnivl", "serve", str(ROOT / match.group(1)),
-                               "--set", f"port={port}"], cwd=tmp, env=cli_env(), text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVE_READY_S
-        while time.monotonic() < deadline:
-            assert server.poll() is None, server.stdout.read()[-3000:]
-            try:
-                if requests.get(f"{url}/healthz", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                time.sleep(1)
+    port = free_port()
+    with serving(["serve", str(ROOT / match.group(1)), "--set", f"port={port}"], tmp, port) as url:
         answer = requests.post(f"{url}/v1/search", json={"text": "a red circle", "top_k": 3}, timeout=120)
         assert answer.status_code == 200, answer.text
         assert len(answer.json()["hits"]) == 3, answer.json()
         qa = requests.post(f"{url}/v1/embed", json={"texts": ["a red circle"], "model": "tiny-qa"}, timeout=120)
         assert qa.status_code == 200 and qa.json()["model"] == "tiny-qa", qa.text
-    finally:
-        server.send_signal(signal.SIGTERM)  # `omnivl serve` removes its app and exits on SIGTERM
-        output = server.communicate(timeout=120)[0]
-    assert server.returncode == 0, output[-3000:]
+
+
+README_SEARCH = re.compile(r"^omnivl run (jobs/search_demo\.yaml)\s+# after `make demo`", re.M)
+
+
+def test_the_search_demo_embeds_indexes_and_serves_the_demo_corpus(demo_run):
+    """The README's search pipeline right after the demo: embed the demo corpus with its export, build the index,
+    and serve /v1/search from it (the serve step, last, runs until SIGTERM)."""
+    import requests
+
+    tmp, _, _ = demo_run
+    match = README_SEARCH.search((ROOT / "README.md").read_text())
+    assert match, "the README no longer shows `omnivl run jobs/search_demo.yaml`"
+    spec = yaml.safe_load((ROOT / match.group(1)).read_text())
+    serve_at = next(i for i, step in enumerate(spec["steps"]) if step["job"]["kind"] == "serve")
+    port = free_port()
+    with serving(["run", str(ROOT / match.group(1)), "--set", f"steps[{serve_at}].job.port={port}"], tmp, port) as url:
+        info = requests.get(f"{url}/v1/model", timeout=30).json()
+        index = Path(info["gallery"]["index"])
+        assert index.parent == (tmp / spec["output_root"]).resolve() and index.name.startswith("index-"), index
+        corpus = json.loads((index / "index.json").read_text())
+        assert corpus["type"] == "flat" and corpus["rows"] > 0
+        answer = requests.post(f"{url}/v1/search", json={"text": "a red circle moving left", "top_k": 5}, timeout=120)
+        assert answer.status_code == 200, answer.text
+        hits = answer.json()["hits"]
+        assert len(hits) == 5 and all(Path(h["uri"]).is_relative_to(tmp / DEMO_ROOT) for h in hits), hits
+        assert {h["modality"] for h in hits} <= {"image", "video"}
