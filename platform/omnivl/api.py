@@ -12,10 +12,11 @@ Nothing here re-implements a step; each one is imported:
              pixel limit. PIL images and arrays skip the file decode and go through the same eval transforms.
   text       `data.text.tokenize` with evaluation's tokenizer and text length (`DecodeConfig` defaults)
   model      `serving.engine.load_checkpoint / run_visual / run_text / run_match / run_generate`
-  prompts    questions become `data.text.qa_prompt(q)`, cut as evaluation cuts a QA row's prompt
-             (`eval.inference.prompt_ids`)
+  prompts    questions become `data.text.qa_prompt(q)`, cut as a training row cuts them
+             (`data.text.generation_prompt_ids`, as serving; evaluation cuts its rows with `data.text.prompt_ids`)
+  text out   `data.text.detokenize` (evaluation, serving)
   classify   evaluation's prompt ensembles (`eval.classify.class_prompts / class_embeddings`, default templates
-             `data.config.DEFAULT_TEMPLATES`) and /v1/classify's probability scale
+             `data.config.DEFAULT_TEMPLATES`) and /v1/classify's probabilities (`eval.classify.class_probabilities`)
 """
 
 from __future__ import annotations
@@ -35,15 +36,14 @@ from omnivl.data import video as vid_ops
 from omnivl.data.config import DEFAULT_TEMPLATES, DecodeConfig
 from omnivl.data.decode import Watchdog
 from omnivl.data.manifest import IMAGE_EXTS, VIDEO_EXTS, read_media
-from omnivl.data.text import load_tokenizer, prompt_lengths, qa_prompt, tokenize
+from omnivl.data.text import detokenize, generation_prompt_ids, load_tokenizer, qa_prompt, tokenize
 from omnivl.eval import classify as classify_ops
 from omnivl.eval.config import EvalConfig
-from omnivl.eval.inference import prompt_ids as eval_prompt_ids
 from omnivl.models.precision import PRECISIONS, autocast
 from omnivl.serving import engine
 from omnivl.serving.errors import ServeError
-from omnivl.serving.frontend import CLASSIFY_LOGIT_SCALE
-from omnivl.serving.media import DecodedMedia, Geometry, decode_media, sniff_modality, stack_by_modality
+from omnivl.serving.media import (DecodedMedia, Geometry, decode_media, in_item_order, sniff_modality,
+                                  stack_by_modality)
 from omnivl.serving.schemas import DecodingOptions
 
 MediaInput = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
@@ -200,7 +200,7 @@ class Model:
                 if d.modality not in classes:
                     classes[d.modality] = self._class_embeddings(names, chosen or DEFAULT_TEMPLATES[d.modality])
                 sim_C = classes[d.modality] @ visual_E
-                prob_C = class_probabilities(sim_C)
+                prob_C = classify_ops.class_probabilities(sim_C)
                 order = np.argsort(-sim_C, kind="stable")
                 out.append({names[i]: float(prob_C[i]) for i in order})
         return out[0] if single else out
@@ -223,8 +223,7 @@ class Model:
             calls = [engine.MatchCall(px, mod, ids[pos], mask[pos]) for mod, (pos, px) in groups.items()]
             with self._precision():
                 results = engine.run_match(self._lm, calls)
-            for (pos, _), prob in zip(groups.values(), results):
-                out[np.asarray(pos) + part.start] = prob
+            out[part] = in_item_order(groups, results)
         return float(out[0]) if single_media and single_text else out
 
     # ---- steps -----------------------------------------------------------------------------------------------
@@ -248,11 +247,8 @@ class Model:
         """[N, E] in the order of `decoded`: one forward pass per modality."""
         groups = stack_by_modality(decoded)
         with self._precision():
-            results = engine.run_visual(self._lm, [engine.VisualCall(px, mod) for mod, (_, px) in groups.items()])
-        out = np.zeros((len(decoded), self.embed_dim), np.float32)
-        for (pos, _), emb in zip(groups.values(), results):
-            out[pos] = emb
-        return out
+            results = engine.run_visual(self._lm, [engine.VisualCall(g.pixels, mod) for mod, g in groups.items()])
+        return np.stack(in_item_order(groups, results))
 
     def _text_embeddings(self, texts: list[str]) -> np.ndarray:
         ids, mask = tokenize(self.tokenizer, texts, self.text_max_length)
@@ -268,29 +264,15 @@ class Model:
         out: list[str] = []
         for part in self._chunks(len(items)):
             decoded = self._decode_all(items, part, "media", None)
-            prompt_NP = None if prompts is None else self._prompt_ids(prompts[part])
+            prompt_NP = None if prompts is None else generation_prompt_ids(self.tokenizer, prompts[part],
+                                                                           self.text_max_length)
             groups = stack_by_modality(decoded)
             calls = [engine.GenerateCall(px, mod, None if prompt_NP is None else prompt_NP[pos], options)
                      for mod, (pos, px) in groups.items()]
             with self._precision():
                 results = engine.run_generate(self._lm, calls)
-            texts = [""] * len(decoded)
-            for (pos, _), rows in zip(groups.values(), results):
-                for p, ids in zip(pos, rows):
-                    texts[p] = self._detokenize(ids)
-            out += texts
+            out += [detokenize(self.tokenizer, ids) for ids in in_item_order(groups, results)]
         return out
-
-    def _prompt_ids(self, prompts: list[str]) -> np.ndarray:
-        """[N, P] ids that follow [DEC] (no [CLS]/[SEP]), right-padded: `input_ids[1:prompt_len]`, the way
-        evaluation takes a QA row's generation prompt."""
-        ids, _ = tokenize(self.tokenizer, prompts, self.text_max_length)
-        batch = {"input_ids": ids, "prompt_len": prompt_lengths(self.tokenizer, prompts, self.text_max_length)}
-        return eval_prompt_ids(batch, self._lm.model.tokens.pad).numpy()
-
-    def _detokenize(self, ids: list[int]) -> str:
-        # Evaluation's normalization of generated text (eval.inference.generate_batch); serving only strips.
-        return " ".join(self.tokenizer.decode(ids, skip_special_tokens=True).split())
 
     # ---- media -----------------------------------------------------------------------------------------------
 
@@ -352,12 +334,6 @@ class Model:
 
 
 # ---- plain helpers -------------------------------------------------------------------------------------------
-
-
-def class_probabilities(sim_C: np.ndarray) -> np.ndarray:
-    """Softmax over classes of CLASSIFY_LOGIT_SCALE x cosine similarity: /v1/classify's probabilities."""
-    logits_C = CLASSIFY_LOGIT_SCALE * (sim_C - sim_C.max())
-    return np.exp(logits_C) / np.exp(logits_C).sum()
 
 
 def modality_from_extension(path: str) -> str | None:

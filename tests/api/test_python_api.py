@@ -144,24 +144,9 @@ def test_match_agrees_with_evaluation(m, eval_model, corpus, eval_decode):
     np.testing.assert_allclose(one_vs_all, got[:len(texts)], atol=PARITY_ATOL)
 
 
-class _InProcessBackend:
-    """Serving's model side called in this process (what the Ray Serve deployment forwards to)."""
-
-    def __init__(self, lm):
-        self.lm = lm
-
-    async def visual(self, model_id, call):
-        from omnivl.serving import engine
-
-        return engine.run_visual(self.lm, [call])[0]
-
-    async def text(self, model_id, call):
-        from omnivl.serving import engine
-
-        return engine.run_text(self.lm, [call])[0]
-
-
 def test_classify_agrees_with_serving_and_defaults_to_evaluations_templates(m, export, media, eval_decode):
+    from inprocess_backend import InProcessBackend
+
     from omnivl.data.config import DEFAULT_TEMPLATES
     from omnivl.serving import engine
     from omnivl.serving.config import ServeAppConfig
@@ -169,7 +154,7 @@ def test_classify_agrees_with_serving_and_defaults_to_evaluations_templates(m, e
 
     labels, templates = ["circle", "square", "triangle"], ["a photo of a {}.", "a drawing of a {}."]
     cfg = ServeAppConfig(checkpoints={"a": export}, text_max_length=eval_decode["text_max_length"])
-    front = Frontend(cfg, _InProcessBackend(engine.load_checkpoint("a", export, "cpu")), {"a": model_summary(export)})
+    front = Frontend(cfg, InProcessBackend(engine.load_checkpoint("a", export, "cpu")), {"a": model_summary(export)})
     body = {"media": {"data_b64": base64.b64encode(Path(media["images"][0]).read_bytes()).decode()},
             "labels": labels, "templates": templates}
     served, _ = asyncio.run(front.handle("classify", body, {}))

@@ -77,6 +77,23 @@ def test_template_ensemble_and_topk_and_confusion():
     assert classify.confusion(visual, classes, [0, 0, 1]).tolist() == [[1, 0, 1], [0, 1, 0], [0, 0, 0]]
 
 
+def test_class_embeddings_are_the_ensemble_of_each_class_prompts():
+    prompts = classify.class_prompts(["cat", "dog"], ["a {}.", "the {}!"])
+    assert prompts == ["a cat.", "the cat!", "a dog.", "the dog!"]  # class-major
+    prompt_TE = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 3.0], [0.0, 1.0]])
+    np.testing.assert_allclose(classify.class_embeddings(prompt_TE, 2), [[2**-0.5, 2**-0.5], [0.0, 1.0]])
+
+
+def test_class_probabilities_are_a_softmax_of_scaled_similarity():
+    sim = np.array([0.30, 0.29, 0.10], np.float32)
+    prob = classify.class_probabilities(sim)
+    assert prob.dtype == np.float32 and prob.sum() == pytest.approx(1.0, abs=1e-6)
+    assert prob[0] / prob[1] == pytest.approx(np.exp(classify.CLASSIFY_LOGIT_SCALE * 0.01), rel=1e-4)
+    assert np.argsort(-prob).tolist() == [0, 1, 2]
+    np.testing.assert_allclose(classify.class_probabilities(np.array([0.5, 0.5])), [0.5, 0.5])
+    assert np.isfinite(classify.class_probabilities(np.array([1.0, -1.0]) * 1e3)).all()  # no overflow
+
+
 # --- linear probe ------------------------------------------------------------------------------------------
 
 def test_linear_probe_separable_and_unseen_classes():

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from inprocess_backend import InProcessBackend
 
 from omnivl.serving import engine
 from omnivl.serving.auth import check_bearer, resolve_api_key
 from omnivl.serving.body import parse_body, read_capped
 from omnivl.serving.config import AuthConfig, ServeAppConfig
 from omnivl.serving.errors import STATUS, ServeError
-from omnivl.serving.media import Geometry, check_uri, decode_media, media_bytes, sniff_modality
+from omnivl.serving.media import (DecodedMedia, Geometry, check_uri, decode_media, in_item_order, media_bytes,
+                                  sniff_modality, stack_by_modality)
 from omnivl.serving.schemas import Media
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,6 +127,21 @@ def test_media_needs_exactly_one_source():
         Media()
     with pytest.raises(ValueError):
         Media(data_b64="eA==", uri="/x")
+
+
+def test_items_grouped_by_modality_come_back_in_item_order():
+    image = lambda v: DecodedMedia("image", np.full((3, 2, 2), v, np.uint8))  # noqa: E731
+    video = lambda v: DecodedMedia("video", np.full((4, 3, 2, 2), v, np.uint8))  # noqa: E731
+    items = [image(0), video(1), image(2), video(3), image(4)]
+    groups = stack_by_modality(items)
+    assert list(groups) == ["image", "video"] and groups["video"].positions == [1, 3]
+    assert groups["image"].pixels.shape == (3, 3, 2, 2) and groups["video"].pixels[:, 0, 0, 0, 0].tolist() == [1, 3]
+    per_group = [g.pixels.reshape(len(g.positions), -1)[:, 0] * 10 for g in groups.values()]  # one row per item
+    assert in_item_order(groups, per_group) == [0, 10, 20, 30, 40]
+    assert in_item_order(groups, [["a", "c", "e"], ["b", "d"]]) == list("abcde")
+    with pytest.raises(ValueError, match="2 results for a group of 3 items"):
+        in_item_order(groups, [["a", "c"], ["b", "d"]])
+    assert stack_by_modality([]) == {} and in_item_order({}, []) == []
 
 
 # ---- auth ----------------------------------------------------------------------------------------------------
@@ -245,35 +262,12 @@ def _gallery_pixels(uri: str) -> np.ndarray:
 # ---- frontend over an in-process backend ----------------------------------------------------------------------
 
 
-class LocalBackend:
-    def __init__(self, lm):
-        self.lm = lm
-
-    async def visual(self, model_id, call):
-        return engine.run_visual(self.lm, [call])[0]
-
-    async def text(self, model_id, call):
-        return engine.run_text(self.lm, [call])[0]
-
-    async def match(self, model_id, call):
-        return engine.run_match(self.lm, [call])[0]
-
-    async def generate(self, model_id, call):
-        return engine.run_generate(self.lm, [call])[0]
-
-    async def search(self, model_id, query, k):
-        return []
-
-    async def stats(self):
-        return {}
-
-
 @pytest.fixture(scope="module")
 def frontend(lm, checkpoints):
     from omnivl.serving.frontend import Frontend, model_summary
 
     cfg = ServeAppConfig(checkpoints={"a": checkpoints["a"]}, limits={"max_new_tokens": 4, "max_labels": 6})
-    return Frontend(cfg, LocalBackend(lm), {"a": model_summary(checkpoints["a"])})
+    return Frontend(cfg, InProcessBackend(lm), {"a": model_summary(checkpoints["a"])})
 
 
 def test_frontend_requests(frontend, jpeg):

@@ -12,8 +12,8 @@ Output batch (N = rows kept):
                                  j-1 predicts token j) that means tokens 0..prompt_len-1 are never predicted.
                                  Captions and labels: 1 (only [CLS], which is never a target anyway).
                                  QA rows: the tokens of `[CLS] question: {q} answer:` (capped at L), so only
-                                 the answer and its [SEP]/[EOS] are trained on; `input_ids[1:prompt_len]` is
-                                 the generation prompt (`OmniVL.generate(prompt_ids=...)`).
+                                 the answer and its [SEP]/[EOS] are trained on; `input_ids[1:prompt_len]`, cut
+                                 before a [SEP], is the generation prompt (`text.prompt_ids`).
   text            str   [N]     (what was tokenized; QA rows: `text.qa_text(q, a)` = "question: {q} answer: {a}")
   row_key         str   [N]     the manifest row's key (`omnivl.data.manifest`), as read
 Bad rows are dropped from the output and recorded in the ledger that comes back with it.

@@ -92,6 +92,38 @@ def prompt_lengths(tokenizer, prompts: list[str], max_length: int) -> np.ndarray
     return np.asarray([min(1 + len(ids), max_length) for ids in enc["input_ids"]], dtype=np.int64)
 
 
+def prompt_ids(tokenizer, input_ids_NL: np.ndarray, prompt_len_N: np.ndarray) -> np.ndarray:
+    """int64 [N, P] generation prompts, right-padded with [PAD] (P >= 1): the ids that follow [CLS] in each
+    tokenized row up to its `prompt_len` (the `decode.OUTPUT_COLUMNS` contract), stopping before [SEP].
+
+    A prompt that fills the row ends in the [SEP] truncation put there, which the generation decoder reads as
+    [EOS]; training never trained a token after it, so it is not part of the prompt. The prompt is thus exactly
+    the prompt tokens a training row of this length holds: at most L - 2."""
+    sep, pad = tokenizer.sep_token_id, tokenizer.pad_token_id
+    rows = []
+    for ids, n in zip(np.asarray(input_ids_NL), np.asarray(prompt_len_N).astype(int)):
+        row = ids[1:n]
+        ends = np.flatnonzero(row == sep)
+        rows.append(row[:ends[0]] if len(ends) else row)
+    out = np.full((len(rows), max([len(r) for r in rows] + [1])), pad, dtype=np.int64)
+    for i, row in enumerate(rows):
+        out[i, :len(row)] = row
+    return out
+
+
+def generation_prompt_ids(tokenizer, prompts: list[str], max_length: int) -> np.ndarray:
+    """int64 [N, P] generation prompts of texts (a QA `qa_prompt(q)`, a caption's start), cut as a training row
+    of `max_length` tokens cuts them: `prompt_ids` of `tokenize(prompts)` with their `prompt_lengths`."""
+    ids, _ = tokenize(tokenizer, prompts, max_length)
+    return prompt_ids(tokenizer, ids, prompt_lengths(tokenizer, prompts, max_length))
+
+
+def detokenize(tokenizer, ids: list[int]) -> str:
+    """Generated ids -> text: special tokens dropped, whitespace collapsed (as training captions and QA text
+    are cleaned), so every path reports the same string for the same ids."""
+    return " ".join(tokenizer.decode(ids, skip_special_tokens=True).split())
+
+
 def swap_left_right(text: str) -> str:
     """'left' <-> 'right' (keeping case), so a horizontally flipped image or clip keeps a true caption. Also
     inside compounds: 'up-left' -> 'up-right', 'top left' -> 'top right'; 'up'/'down' are kept (no vertical flip)."""

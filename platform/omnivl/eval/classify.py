@@ -1,6 +1,7 @@
 """Zero-shot classification and paired-caption probes from embeddings (numpy only).
 
-    visual_NE: L2-normalized visual embeddings; class_CE: one embedding per class (prompt ensemble).
+    visual_NE: L2-normalized visual embeddings; class_CE: one embedding per class (prompt ensemble);
+    sim_C: one visual's cosine similarity to each class.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
             "up-left": "down-right", "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
 # A diagonal ("up-left") is one direction, so it is tried before its parts.
 _DIRECTION = re.compile(r"\b(?:(?:up|down)-(?:left|right)|left|right|up|down)\b")
+# CLIP's convention (its learned logit scale is capped at 100): a cosine gap of 0.01 is a factor e in probability.
+CLASSIFY_LOGIT_SCALE = 100.0
 
 
 def ensemble(prompt_embeddings_PE: np.ndarray) -> np.ndarray:
@@ -31,6 +34,14 @@ def class_prompts(classes: Sequence[str], templates: Sequence[str]) -> list[str]
 def class_embeddings(prompt_TE: np.ndarray, num_classes: int) -> np.ndarray:
     """class_CE: the prompt ensemble of each class, from the embeddings of `class_prompts` (class-major)."""
     return np.stack([ensemble(p) for p in prompt_TE.reshape(num_classes, -1, prompt_TE.shape[-1])])
+
+
+def class_probabilities(sim_C: np.ndarray) -> np.ndarray:
+    """Softmax over classes of CLASSIFY_LOGIT_SCALE x cosine similarity: the probabilities /v1/classify and the
+    Python API report. Same shape and dtype as `sim_C` (C >= 1)."""
+    logits_C = CLASSIFY_LOGIT_SCALE * (sim_C - sim_C.max())  # shifted by the max: exp cannot overflow
+    exp_C = np.exp(logits_C)
+    return exp_C / exp_C.sum()
 
 
 def class_names_by_id(source) -> dict[int, str]:

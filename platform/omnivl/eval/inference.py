@@ -11,6 +11,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from omnivl.data.text import detokenize, prompt_ids
 from omnivl.eval.config import GenerationSettings
 
 
@@ -100,27 +101,16 @@ def match_batch(model, batch: dict, modality: str, pairs: dict[int, list[int]], 
             "score": np.asarray(out["score"], dtype=np.float64)}
 
 
-def prompt_ids(batch: dict, pad: int = 0) -> torch.Tensor:
-    """[B, P] right-padded generation prompts: `input_ids[1:prompt_len]` of each row (no [CLS])."""
-    ids = np.asarray(batch["input_ids"])
-    lens = np.asarray(batch["prompt_len"]).astype(int)
-    width = max(int(lens.max()) - 1, 1) if len(lens) else 1
-    out = np.full((len(ids), width), pad, dtype=np.int64)
-    for i, n in enumerate(lens):
-        out[i, :n - 1] = ids[i, 1:n]
-    return torch.as_tensor(out)
-
-
 @torch.no_grad()
 def generate_batch(model, batch: dict, modality: str, tokenizer, settings: GenerationSettings,
                    answer: bool) -> dict:
     """Generated text per row: a caption (no prompt), or with `answer` the answer to the row's question
-    (prompt `input_ids[1:prompt_len]`, i.e. `question: {q} answer:`). Columns row_key, generated."""
+    (`text.prompt_ids` of the row: `question: {q} answer:`). Columns row_key, generated (`text.detokenize`)."""
     row_key = np.asarray(batch["row_key"], dtype=object)
     if len(row_key) == 0:
         return {"row_key": row_key, "generated": np.asarray([], dtype=object)}
-    prompts = prompt_ids(batch, model.tokens.pad) if answer else None
+    prompts = torch.from_numpy(prompt_ids(tokenizer, batch["input_ids"], batch["prompt_len"])) if answer else None
     new_BN = model.generate(_pixels(batch), modality, prompt_ids=prompts, method=settings.method,
                             max_new_tokens=settings.max_new_tokens, num_beams=settings.num_beams)
-    texts = tokenizer.batch_decode(new_BN.cpu().tolist(), skip_special_tokens=True)
-    return {"row_key": row_key, "generated": np.asarray([" ".join(t.split()) for t in texts], dtype=object)}
+    texts = [detokenize(tokenizer, ids) for ids in new_BN.cpu().tolist()]
+    return {"row_key": row_key, "generated": np.asarray(texts, dtype=object)}

@@ -16,14 +16,13 @@ from typing import Protocol
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
-from omnivl.data.text import qa_prompt
+from omnivl.data.text import detokenize, generation_prompt_ids, qa_prompt
 from omnivl.serving import schemas as S
 from omnivl.serving.config import ServeAppConfig
 from omnivl.serving.engine import GenerateCall, MatchCall, TextCall, VisualCall, decoding_kwargs
 from omnivl.serving.errors import ServeError
-from omnivl.serving.media import DecodedMedia, Geometry, decode_media, media_bytes, stack_by_modality
+from omnivl.serving.media import DecodedMedia, Geometry, decode_media, in_item_order, media_bytes, stack_by_modality
 
-CLASSIFY_LOGIT_SCALE = 100.0
 RANGE_ERRORS = ("greater_than", "less_than", "too_short", "too_long")
 
 
@@ -120,12 +119,8 @@ class Frontend:
         return TextCall(ids, mask)
 
     def prompt_ids(self, text: str) -> np.ndarray:
-        """[1, P] ids of `text` without [CLS]/[SEP], at most text_max_length of them."""
-        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"][: self.cfg.text_max_length]
-        return np.asarray([ids], dtype=np.int64)
-
-    def detok(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True).strip()
+        """[1, P] generation prompt of `text`, cut as a training row of text_max_length tokens cuts it."""
+        return generation_prompt_ids(self.tokenizer, [text], self.cfg.text_max_length)
 
     @staticmethod
     def implicit(media: S.Media | None, uploads: dict[str, bytes], where: str) -> S.Media:
@@ -163,12 +158,9 @@ class Frontend:
     async def visual_embeddings(self, model_id: str, decoded: list[DecodedMedia]) -> np.ndarray:
         """[N, E] in the order of `decoded` (one backend call per modality, run concurrently)."""
         groups = stack_by_modality(decoded)
-        results = await asyncio.gather(*(self.backend.visual(model_id, VisualCall(px, mod))
-                                         for mod, (_, px) in groups.items()))
-        out = np.zeros((len(decoded), results[0].shape[1]), np.float32)
-        for (pos, _), emb in zip(groups.values(), results):
-            out[pos] = emb
-        return out
+        results = await asyncio.gather(*(self.backend.visual(model_id, VisualCall(g.pixels, mod))
+                                         for mod, g in groups.items()))
+        return np.stack(in_item_order(groups, results))
 
     # ---- endpoints ---------------------------------------------------------------------------------------
 
@@ -197,13 +189,10 @@ class Frontend:
         groups = stack_by_modality(decoded)
         calls = [MatchCall(px, mod, tok.ids[pos], tok.mask[pos]) for mod, (pos, px) in groups.items()]
         results = await asyncio.gather(*(self.backend.match(model_id, c) for c in calls))
-        prob = np.zeros(len(texts), np.float32)
-        for (pos, _), p in zip(groups.values(), results):
-            prob[pos] = p
-        return {"model": model_id, "probabilities": prob.tolist()}
+        return {"model": model_id, "probabilities": [float(p) for p in in_item_order(groups, results)]}
 
     async def _classify(self, req: S.ClassifyRequest, uploads: dict[str, bytes], model_id: str) -> dict:
-        from omnivl.eval.classify import ensemble
+        from omnivl.eval.classify import class_embeddings, class_probabilities, class_prompts
 
         templates = req.templates or ["{}"]
         n_prompts = len(req.labels) * len(templates)
@@ -215,16 +204,14 @@ class Frontend:
             self.check_text(t, f"templates.{i}")
         media = self.implicit(req.media, uploads, "media")
         decoded = await self.decode([media], uploads, model_id, ["media"])
-        prompts = [t.format(label) for label in labels for t in templates]
-        vis, txt = await asyncio.gather(self.visual_embeddings(model_id, decoded),
-                                        self.backend.text(model_id, self.tokenize(prompts)))
-        classes = np.stack([ensemble(txt[i * len(templates):(i + 1) * len(templates)]) for i in range(len(labels))])
-        sim = classes @ vis[0]
-        logits = CLASSIFY_LOGIT_SCALE * (sim - sim.max())
-        prob = np.exp(logits) / np.exp(logits).sum()
-        order = np.argsort(-sim, kind="stable")[: req.top_k or len(labels)]
+        vis, prompt_TE = await asyncio.gather(
+            self.visual_embeddings(model_id, decoded),
+            self.backend.text(model_id, self.tokenize(class_prompts(labels, templates))))
+        sim_C = class_embeddings(prompt_TE, len(labels)) @ vis[0]
+        prob_C = class_probabilities(sim_C)
+        order = np.argsort(-sim_C, kind="stable")[: req.top_k or len(labels)]
         return {"model": model_id, "modality": decoded[0].modality,
-                "labels": [{"label": labels[i], "probability": float(prob[i]), "similarity": float(sim[i])}
+                "labels": [{"label": labels[i], "probability": float(prob_C[i]), "similarity": float(sim_C[i])}
                            for i in order]}
 
     def decoding(self, opts: S.DecodingOptions) -> tuple:
@@ -244,7 +231,7 @@ class Frontend:
         """(modality, generated text after the prompt) for one media item."""
         (d,) = await self.decode([self.implicit(media, uploads, "media")], uploads, model_id, ["media"])
         (ids,) = await self.backend.generate(model_id, GenerateCall(d.pixels[None], d.modality, prompt, options))
-        return d.modality, self.detok(ids)
+        return d.modality, detokenize(self.tokenizer, ids)
 
     async def _caption(self, req: S.CaptionRequest, uploads: dict[str, bytes], model_id: str) -> dict:
         prompt = self.prompt_ids(self.check_text(req.prompt, "prompt")) if req.prompt is not None else None

@@ -12,12 +12,15 @@ import binascii
 import os
 import posixpath
 from dataclasses import dataclass
+from typing import NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
 from omnivl.data import badinput as bad
 from omnivl.serving.errors import ServeError
 from omnivl.serving.schemas import Media
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -117,11 +120,29 @@ def decode_media(data: bytes, modality: str | None, geometry: Geometry, max_pixe
                          f"{': ' + exc.detail if exc.detail else ''})", where) from None
 
 
-def stack_by_modality(items: list[DecodedMedia]) -> dict[str, tuple[list[int], np.ndarray]]:
-    """{modality: (positions in `items`, stacked pixels)}: one model call per modality."""
+class ModalityGroup(NamedTuple):
+    positions: list[int]  # indices of the group's items in the list that was stacked
+    pixels: np.ndarray  # uint8 [n, 3,S,S] or [n, T,3,S,S]: those items' pixels, in that order
+
+
+def stack_by_modality(items: list[DecodedMedia]) -> dict[str, ModalityGroup]:
+    """{modality: its items' positions and stacked pixels}: one model call per modality."""
     out: dict[str, tuple[list[int], list[np.ndarray]]] = {}
     for i, m in enumerate(items):
         pos, px = out.setdefault(m.modality, ([], []))
         pos.append(i)
         px.append(m.pixels)
-    return {k: (pos, np.stack(px)) for k, (pos, px) in out.items()}
+    return {k: ModalityGroup(pos, np.stack(px)) for k, (pos, px) in out.items()}
+
+
+def in_item_order(groups: dict[str, ModalityGroup], results: Sequence[Sequence[T]]) -> list[T]:
+    """The per-group results of a model call (`results[g]`: one row per item of the g-th group of `groups`, in
+    its order) as one list in the order of the items that were stacked. Raises ValueError if a group's row
+    count differs from its item count."""
+    out: list = [None] * sum(len(g.positions) for g in groups.values())
+    for group, rows in zip(groups.values(), results, strict=True):
+        if len(rows) != len(group.positions):
+            raise ValueError(f"{len(rows)} results for a group of {len(group.positions)} items")
+        for pos, row in zip(group.positions, rows):
+            out[pos] = row
+    return out
