@@ -438,6 +438,7 @@ class GatedModel:
         try:
             if self.gate is not None:
                 await self.gate.wait()
+            await asyncio.sleep(0)  # a model call takes time (in serving: the model thread), so callers can queue
             if self.fail_on in items:
                 raise ValueError(f"bad item {self.fail_on}")
             return [x * 10 for x in items]

@@ -407,6 +407,7 @@ BENCH_APP = "omnivl-bench"
 HTTP_READY_TIMEOUT_S = 60.0  # benchmark: serve.run's return (app RUNNING) -> /readyz 200 over HTTP
 COLD_REQUESTS = 100  # "the first N requests after ready" of the cold-start figures
 COLD_CONCURRENCY = 4
+BENCH_ROUNDS = 4  # interleaved on/off rounds per concurrency level
 
 
 def bench_args(checkpoint: str, batching: bool, max_batch_size: int, max_concurrency: int) -> dict:
@@ -419,41 +420,52 @@ def bench_args(checkpoint: str, batching: bool, max_batch_size: int, max_concurr
 
 def run_bench(checkpoint: str, body: bytes, endpoint: str, requests: int, concurrencies: list[int],
               max_batch_size: int = 16, warmup: int = 32, cold_requests: int = COLD_REQUESTS,
-              cold_concurrency: int = COLD_CONCURRENCY, port: int = 0) -> dict:
-    """Batching on, then off, on the current Ray (127.0.0.1 only; removes what it deployed). Per mode: the cold
-    start (serve.run start -> /readyz 200 over HTTP; the replica's load and warm-up; p99 of the first
-    `cold_requests` requests after ready vs p99 of as many right after, warm), then throughput and p50/p99 at each
-    concurrency. Returns {"cold": [...], "rows": [...], "throughput_ratio_on_off": {c: on/off}}."""
-    from omnivl.serving.loadgen import run_load
+              cold_concurrency: int = COLD_CONCURRENCY, port: int = 0, rounds: int = BENCH_ROUNDS) -> dict:
+    """Batching on vs off on the current Ray (127.0.0.1 only; removes what it deployed).
+
+    Cold start, per mode as it is deployed: serve.run start -> /readyz 200 over HTTP, the replica's load and
+    warm-up, and p99 of the first `cold_requests` requests after ready vs p99 of as many right after (warm).
+    Throughput: both apps stay deployed side by side (/on, /off) and each concurrency level runs in `rounds`
+    interleaved rounds, alternating which mode goes first, so a slow spell of this shared machine lands on both
+    modes instead of on whichever ran second. Returns {"cold": [...], "rows": [...], "throughput_ratio_on_off":
+    {c: on/off}}."""
+    from omnivl.serving.loadgen import LoadResult, run_load
 
     port = port or _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     base = f"http://127.0.0.1:{port}"
-    load = functools.partial(run_load, f"{base}/v1/{endpoint}", body, {"Content-Type": "application/json"})
+    modes = {"on": True, "off": False}
+    loads = {m: functools.partial(run_load, f"{base}/{m}/v1/{endpoint}", body, {"Content-Type": "application/json"})
+             for m in modes}
     rows, cold = [], []
-    for batching in (True, False):
-        mode = "on" if batching else "off"
-        started = time.monotonic()
-        serve.run(build_app(bench_args(checkpoint, batching, max_batch_size, max(concurrencies))), name=BENCH_APP,
-                  route_prefix="/")
-        try:
-            wait_http_ready(base)
+    try:
+        for mode, batching in modes.items():
+            started = time.monotonic()
+            serve.run(build_app(bench_args(checkpoint, batching, max_batch_size, max(concurrencies))),
+                      name=f"{BENCH_APP}-{mode}", route_prefix=f"/{mode}")
+            wait_http_ready(f"{base}/{mode}")
             ready_s = time.monotonic() - started
-            first, warm = load(cold_requests, cold_concurrency), load(cold_requests, cold_concurrency)
-            cold.append(_cold_row(mode, ready_s, first, warm, _get_json(f"{base}/v1/stats")["model"]["cold_start"]))
+            first, warm = loads[mode](cold_requests, cold_concurrency), loads[mode](cold_requests, cold_concurrency)
+            cold.append(_cold_row(mode, ready_s, first, warm, _get_json(f"{base}/{mode}/v1/stats")["model"]["cold_start"]))
             print(_cold_text(cold[-1]), flush=True)
-            load(warmup, max(concurrencies))
-            for c in concurrencies:
-                rows.append({"batching": mode, **load(requests, c).summary()})
+            loads[mode](warmup, max(concurrencies))
+        for c in concurrencies:
+            parts: dict[str, list] = {m: [] for m in modes}
+            for r in range(rounds):
+                for mode in (list(modes) if r % 2 == 0 else list(modes)[::-1]):
+                    parts[mode].append(loads[mode](max(1, requests // rounds), c))
+            for mode in modes:
+                rows.append({"batching": mode, **LoadResult.combine(parts[mode]).summary()})
                 print(_row_text(rows[-1]), flush=True)
-        finally:
-            serve.delete(BENCH_APP)
+    finally:
+        for mode in modes:
+            serve.delete(f"{BENCH_APP}-{mode}")
     ratio = {}
     for c in concurrencies:
         on, off = (next(r for r in rows if r["batching"] == b and r["concurrency"] == c) for b in ("on", "off"))
         ratio[c] = round(on["throughput_rps"] / off["throughput_rps"], 2) if off["throughput_rps"] else None
-    return {"endpoint": endpoint, "requests_per_level": requests, "max_batch_size": max_batch_size, "cold": cold,
-            "rows": rows, "throughput_ratio_on_off": ratio}
+    return {"endpoint": endpoint, "requests_per_level": requests, "rounds": rounds, "max_batch_size": max_batch_size,
+            "cold": cold, "rows": rows, "throughput_ratio_on_off": ratio}
 
 
 def wait_http_ready(base_url: str, timeout_s: float = HTTP_READY_TIMEOUT_S) -> None:

@@ -229,10 +229,25 @@ class Batcher:
 
     async def submit(self, item: object) -> Any:
         future = asyncio.get_running_loop().create_future()
+        if self.drainer is None and not self.queue:
+            return await self._run_alone(item, future)
         self.queue.append((item, future))
         if self.drainer is None:  # no await since the append: no other call can slip in between
             self.drainer = asyncio.create_task(self._drain())
         return await future
+
+    async def _run_alone(self, item: object, future: asyncio.Future) -> Any:
+        """The model is idle: run this call in the caller's own task (no hand-off to a drainer task, which costs
+        a lone request event-loop turns), marked as the running batch so that calls arriving meanwhile queue up;
+        a drainer takes those afterwards."""
+        self.drainer = asyncio.current_task()
+        try:
+            await self._run([(item, future)])
+        finally:
+            self.drainer = None
+            if self.queue:
+                self.drainer = asyncio.create_task(self._drain())
+        return future.result()
 
     async def _drain(self) -> None:
         try:

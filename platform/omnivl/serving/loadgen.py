@@ -35,6 +35,15 @@ class LoadResult:
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else float("nan")
 
+    @classmethod
+    def combine(cls, parts: list["LoadResult"]) -> "LoadResult":
+        """Rounds of one load level run at different times, as one result (their seconds add up)."""
+        status: Counter = Counter()
+        for r in parts:
+            status.update(r.status)
+        return cls(parts[0].concurrency, sum(r.requests for r in parts), sum(r.seconds for r in parts),
+                   dict(status), sum(r.dropped for r in parts), [x for r in parts for x in r.latencies_ms])
+
     def summary(self) -> dict:
         d = {k: v for k, v in asdict(self).items() if k != "latencies_ms"}
         d.update(ok=self.ok, server_errors=self.server_errors, throughput_rps=round(self.throughput, 2),
