@@ -383,7 +383,7 @@ def test_gallery_index_is_checked_before_deploy_and_exclusive_with_a_gallery_man
 def test_a_gallery_index_of_another_model_is_refused_at_load(lm, tmp_path):
     import json
 
-    from omnivl.cluster.serve_app import load_gallery_index
+    from omnivl.serving.gallery import load_gallery_index
     from omnivl.embed import index as ix
     from omnivl.embed import shards
     from omnivl.embed.config import IndexSettings
@@ -532,7 +532,7 @@ def test_batcher_under_concurrent_callers_answers_each_once_and_never_overlaps_b
 def _app_status(app_status: str, model_status: str, model_replicas: dict, message: str = ""):
     from ray.serve.schema import ApplicationStatusOverview, DeploymentStatusOverview
 
-    from omnivl.cluster.serve_app import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
+    from omnivl.serving.readiness import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT
 
     deployments = {
         INGRESS_DEPLOYMENT: DeploymentStatusOverview("HEALTHY", "CONFIG_UPDATE_COMPLETED", {"RUNNING": 1}, ""),
@@ -541,7 +541,7 @@ def _app_status(app_status: str, model_status: str, model_replicas: dict, messag
 
 
 def test_app_readiness_is_ready_only_when_the_app_runs_with_warm_model_replicas():
-    from omnivl.cluster.serve_app import MODEL_DEPLOYMENT, app_readiness
+    from omnivl.serving.readiness import MODEL_DEPLOYMENT, app_readiness
 
     assert app_readiness(None).status == "not_ready"
     deploying = app_readiness(_app_status("DEPLOYING", "UPDATING", {"STARTING": 1}, "1 replica is starting"))

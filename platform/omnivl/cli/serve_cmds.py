@@ -111,7 +111,7 @@ def random_export(size: str, out: str) -> str:
 
 def cmd_bench(args) -> int:
     from omnivl.cluster.runtime import ray_session
-    from omnivl.cluster.serve_app import run_bench
+    from omnivl.cluster.serve_bench import run_bench
 
     concurrencies = [int(c) for c in args.concurrency.split(",") if c.strip()]
     endpoint = args.endpoint

@@ -100,3 +100,15 @@ def build_gallery(embed_visual, manifest: str, modality: str, image_size: int, n
                                  for i in range(0, len(pixels), EMBED_CHUNK)])
     log.info("gallery %s: %d items indexed, skipped %s", manifest, len(items), skipped or "none")
     return GalleryIndex(items, embeddings, skipped)
+
+
+def load_gallery_index(uri: str, lm):
+    """The prebuilt index of an `index` job (`omnivl.embed.index.SearchIndex`) for `lm`'s queries. Raises
+    ValueError if its vectors are not of the checkpoint's embedding size (another model made them)."""
+    from omnivl.embed.index import SearchIndex
+
+    index = SearchIndex(uri)
+    if index.dim != int(lm.arch["embed_dim"]):
+        raise ValueError(f"gallery_index: {uri} holds {index.dim}-dim embeddings but checkpoint {lm.model_id} "
+                         f"embeds to {lm.arch['embed_dim']}: build the index from this checkpoint's embed job")
+    return index
