@@ -133,20 +133,23 @@ def gather_rows(refs: list[ShardRef], column: str, positions: np.ndarray) -> np.
     return np.concatenate(out) if out else np.zeros((0, dim), np.float32)
 
 
-def exact_topk(refs: list[ShardRef], column: str, queries: np.ndarray, k: int) -> np.ndarray:
-    """[Q, k] global positions of the exact top-k inner products, shard by shard (memory Q×(k+shard))."""
-    best_s = np.full((len(queries), 0), -np.inf, np.float32)
-    best_i = np.zeros((len(queries), 0), np.int64)
-    start = 0
-    for ref in refs:
-        vecs, _ = read_shard(ref, column)
-        scores = queries @ vecs.T
-        s = np.concatenate([best_s, scores], axis=1)
-        i = np.concatenate([best_i, np.broadcast_to(np.arange(start, start + len(vecs)), scores.shape)], axis=1)
-        top = np.argsort(-s, axis=1, kind="stable")[:, :k]
-        best_s, best_i = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
-        start += ref.rows
-    return best_i
+class ExactTopK:
+    """The exact top-k inner products of `queries` over vectors seen shard by shard (memory Q×(k+shard)): fed
+    during the build's one pass over the shards, so measuring recall reads nothing again."""
+
+    def __init__(self, queries: np.ndarray, k: int) -> None:
+        self.queries, self.k = queries, k
+        self.scores = np.full((len(queries), 0), -np.inf, np.float32)
+        self.positions = np.zeros((len(queries), 0), np.int64)
+
+    def add(self, vecs: np.ndarray, start: int) -> None:
+        """`vecs` are the vectors at global positions start, start+1, ..."""
+        scores = self.queries @ vecs.T
+        s = np.concatenate([self.scores, scores], axis=1)
+        i = np.concatenate([self.positions, np.broadcast_to(np.arange(start, start + len(vecs)), scores.shape)],
+                           axis=1)
+        top = np.argsort(-s, axis=1, kind="stable")[:, :self.k]
+        self.scores, self.positions = np.take_along_axis(s, top, 1), np.take_along_axis(i, top, 1)
 
 
 def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
@@ -157,25 +160,36 @@ def recall_at_k(found: np.ndarray, exact: np.ndarray) -> float:
 
 def build(embeddings: str, out: str, cfg: IndexSettings, column: str = "embedding",
           sources: list[str] | None = None) -> dict:
-    """Build the index of `embeddings` into `out` (local or s3://); returns the contents of index.json."""
+    """Build the index of `embeddings` into `out` (local or s3://); returns the contents of index.json.
+    Reads the shards once to add them (and to find the exact answers of the recall queries), plus once before
+    that for the rows an approximate index samples: its training rows and its recall queries."""
     import faiss
 
     started = time.monotonic()
     refs = list_shards(embeddings, sources)
     rows = sum(r.rows for r in refs)
-    first, _ = read_shard(refs[0], column)
-    dim = first.shape[1]
+    dim = shard_dim(refs[0], column)
     kind = resolve_type(cfg, rows)
     index, params = new_index(kind, cfg, rows, dim)
     console.say(f"index: {rows:,} vectors of dim {dim} from {len(refs)} shards -> {kind} {params or ''}".rstrip())
-    if not index.is_trained:
-        sample = gather_rows(refs, column, sample_positions(rows, min(cfg.train_rows, rows), cfg.seed))
-        index.train(np.ascontiguousarray(sample))
+    train_at = sample_positions(rows, min(cfg.train_rows, rows), cfg.seed) if not index.is_trained else None
+    query_at = (sample_positions(rows, cfg.recall_queries, cfg.seed + 1)
+                if kind != "flat" and cfg.recall_queries else None)
+    # one read of the shards that hold sampled rows serves both samples
+    union = np.unique(np.concatenate([p for p in (train_at, query_at) if p is not None] or [np.zeros(0, int)]))
+    sampled = gather_rows(refs, column, union) if len(union) else None
+    if train_at is not None:
+        index.train(np.ascontiguousarray(sampled[np.searchsorted(union, train_at)]))
+    exact = (ExactTopK(sampled[np.searchsorted(union, query_at)], min(cfg.recall_k, rows))
+             if query_at is not None else None)
     with storage.staged_output(out) as stage:
-        writer = None
+        writer, start = None, 0
         for ref in refs:
             vecs, meta = read_shard(ref, column)
             index.add(np.ascontiguousarray(vecs))
+            if exact is not None:
+                exact.add(vecs, start)
+            start += len(vecs)
             writer = writer or pq.ParquetWriter(stage / METADATA_FILE, meta.schema, compression="zstd")
             writer.write_table(meta)
         writer.close()
@@ -183,23 +197,35 @@ def build(embeddings: str, out: str, cfg: IndexSettings, column: str = "embeddin
         info = {"type": kind, "params": params, "rows": int(index.ntotal), "dim": int(dim), "column": column,
                 "embeddings": embeddings, "sources": sorted({r.source for r in refs}), "shards": len(refs),
                 "build_seconds": round(time.monotonic() - started, 2)}
-        info["recall"] = measure_recall(index, refs, column, cfg, rows) if kind != "flat" else \
-            {"note": "exact search (flat): recall 1 by construction"}
+        if kind == "flat":
+            info["recall"] = {"note": "exact search (flat): recall 1 by construction"}
+        elif exact is None:
+            info["recall"] = {"note": "not measured (recall_queries: 0)"}
+        else:
+            info["recall"] = measure_recall(index, exact)
         (stage / INFO_FILE).write_text(json.dumps(info, indent=2))
     return info
 
 
-def measure_recall(index, refs: list[ShardRef], column: str, cfg: IndexSettings, rows: int) -> dict:
-    """Recall@k of `index` against exact search, with `recall_queries` sampled rows as queries."""
-    if cfg.recall_queries == 0:
-        return {"note": "not measured (recall_queries: 0)"}
-    k = min(cfg.recall_k, rows)
-    queries = gather_rows(refs, column, sample_positions(rows, cfg.recall_queries, cfg.seed + 1))
+def shard_dim(ref: ShardRef, column: str) -> int:
+    """The embedding size of a shard's `column`, from its footer (no rows read)."""
+    fs, path = storage.filesystem(ref.uri)
+    with fs.open_input_file(path) as f:
+        schema = pq.read_schema(f)
+    if column not in schema.names:
+        raise ValueError(f"column: {ref.uri} has no {column!r} column (it has {', '.join(schema.names)}); "
+                         f"text_embedding needs `embed.text_embedding: true` in the embed job")
+    return schema.field(column).type.list_size
+
+
+def measure_recall(index, exact: ExactTopK) -> dict:
+    """Recall@k of `index` against the exact top-k of the same queries."""
     start = time.perf_counter()
-    _, found = index.search(np.ascontiguousarray(queries), k)
-    per_query_ms = 1000 * (time.perf_counter() - start) / max(1, len(queries))
-    value = recall_at_k(found, exact_topk(refs, column, queries, k))
-    return {f"recall@{k}": round(value, 4), "queries": len(queries), "search_ms_per_query": round(per_query_ms, 3)}
+    _, found = index.search(np.ascontiguousarray(exact.queries), exact.k)
+    per_query_ms = 1000 * (time.perf_counter() - start) / max(1, len(exact.queries))
+    value = recall_at_k(found, exact.positions)
+    return {f"recall@{exact.k}": round(value, 4), "queries": len(exact.queries),
+            "search_ms_per_query": round(per_query_ms, 3)}
 
 
 def run_job(job) -> dict:
