@@ -208,12 +208,3 @@ def check_extension(uri: str, offset: int, modality: str) -> None:
 
 def _row(batch: dict[str, np.ndarray], i: int) -> dict:
     return {k: (v[i].item() if hasattr(v[i], "item") else v[i]) for k, v in batch.items()}
-
-
-def torch_collate(batch: dict[str, np.ndarray]) -> dict:
-    """A `collate_fn` for `iter_torch_batches`: numeric columns become CPU tensors (uint8 pixels stay uint8;
-    move and normalize on the device), `text` stays a list of str (torch has no string tensors)."""
-    import torch
-
-    return {k: (list(v) if v.dtype == object or v.dtype.kind in "US" else torch.from_numpy(np.ascontiguousarray(v)))
-            for k, v in batch.items()}

@@ -136,10 +136,6 @@ def swap_left_right(text: str) -> str:
     return _LR.sub(swap, text)
 
 
-def mentions_left_right(text: str) -> bool:
-    return _LR.search(text) is not None
-
-
 def stable_id(key: str) -> int:
     """A 63-bit id from a string, the same in every process and run (Python's hash() is salted)."""
     return int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=8).digest(), "big") & (2**63 - 1)
