@@ -67,10 +67,21 @@ class StageConfig(Config):
         return self
 
 
+Parallelism = Literal["ddp", "fsdp"]
+TrainPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
 class ScalingSpec(Config):
-    """Ray Train workers: a fixed count, or an elastic [min, max] range."""
+    """Ray Train workers (a fixed count, or an elastic [min, max] range) and how each runs the model."""
 
     num_workers: int | tuple[int, int] = 1
+    parallelism: Parallelism = Field(
+        default="ddp", description="ddp: every worker holds the whole model; fsdp: parameters, gradients and "
+        "optimizer state sharded over the workers (FSDP2, one unit per transformer block)")
+    precision: TrainPrecision = Field(
+        default="auto", description="autocast dtype of forward/backward (weights stay fp32); auto: bf16 on GPUs, "
+        "fp32 on CPUs; fp16 adds a gradient scaler")
+    compile: bool = Field(default=False, description="torch.compile the encoders and decoders (each block)")
     use_gpu: bool = False
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=1.0, ge=0)
