@@ -131,7 +131,8 @@ class UniVLCLoss(nn.Module):
         super().__init__()
         check_cross_kind(cross_kind)
         self.cross_kind = cross_kind
-        self.temp = nn.Parameter(torch.tensor(float(temp_init)))
+        # shape [1], not a scalar: FSDP2 shards 1-D and larger parameters only
+        self.temp = nn.Parameter(torch.tensor([float(temp_init)]))
         self.temp_min, self.temp_max = temp_min, temp_max
         self.queues = nn.ModuleDict({k: MemoryQueue(queue_size, embed_dim) for k in queue_keys})
         self.gather_fn = gather_fn
@@ -141,8 +142,7 @@ class UniVLCLoss(nn.Module):
                 queue_key: str | None = None, enqueue: bool = False) -> UniVLCOutput:
         """Features are L2-normalized [B,E]; `*_m_` are the momentum features to enqueue (required when
         `enqueue`). `queue_key=None` uses no queue. The queue is read before it is updated with this batch."""
-        with torch.no_grad():
-            self.temp.clamp_(self.temp_min, self.temp_max)
+        self.clamp_temperature()
         queue = self.queues[queue_key] if queue_key is not None else None
         visual_GE, text_GE, labels_G = self.gather_fn(visual_BE), self.gather_fn(text_BE), self.gather_fn(labels_B)
         q_visual, q_text, q_labels = _queue_contents(queue, visual_BE)
@@ -156,6 +156,12 @@ class UniVLCLoss(nn.Module):
             self._enqueue(queue, visual_m_BE, text_m_BE, labels_B)
         fill = queue.fill_fraction() if queue is not None else 0.0
         return UniVLCOutput((loss_v2t + loss_t2v) / 2, loss_v2t, loss_t2v, float(self.temp.detach()), fill)
+
+    @torch.no_grad()
+    def clamp_temperature(self) -> None:
+        """Keep the temperature in [temp_min, temp_max]. The forward does it, and so must the train loop after each
+        optimizer step: under FSDP a forward only sees a gathered copy, and a clamp there is not kept."""
+        self.temp.clamp_(self.temp_min, self.temp_max)
 
     @torch.no_grad()
     def _enqueue(self, queue: MemoryQueue, visual_m_BE, text_m_BE, labels_B) -> None:

@@ -141,6 +141,17 @@ class PretrainTask(nn.Module):
     def momentum_update(self) -> None:
         self.momentum_encoders.update(self.model, self.momentum)
 
+    def after_optimizer_step(self) -> None:
+        """What the train loop calls after each optimizer step: the temperature's clamp (see
+        `UniVLCLoss.clamp_temperature`)."""
+        self.vlc.clamp_temperature()
+
+    @property
+    def uses_momentum(self) -> bool:
+        """Whether a training forward moves the momentum encoders (only the contrastive and matching losses
+        read them)."""
+        return self.loss_weights["vlc"] > 0 or self.loss_weights["vlm"] > 0
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What the optimizer should own (the momentum encoders are excluded)."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -149,7 +160,7 @@ class PretrainTask(nn.Module):
         pixels, ids_BL, mask_BL, labels_B = self._read(batch, modality)
         x = self.model.normalize_pixels(pixels, modality)
         vis = self.model.visual(x)
-        if self.loss_weights["vlc"] == 0 and self.loss_weights["vlm"] == 0:
+        if not self.uses_momentum:
             # language modelling only (captioning, QA fine-tuning): no embeddings, momentum step or queue
             zero = vis.tokens_BSD.new_zeros(())
             losses, metrics = {"vlc": zero, "vlm": zero}, {}

@@ -106,6 +106,10 @@ class ScalingSpec(Config):
 class CheckpointSpec(Config):
     every_steps: int = Field(default=100, ge=1)
     keep_last: int = Field(default=2, ge=1)
+    async_save: bool = Field(
+        default=False, description="write checkpoints in the background: training continues once each rank's "
+        "state is copied to host memory; the checkpoint is published (marker written) at the next one or the "
+        "stage's end, and a stage's final checkpoint is always written before it ends")
 
 
 class FailureSpec(Config):

@@ -1,7 +1,7 @@
 """The training step, shared by the Ray Train worker function and the single-process benchmark baseline.
 
-Plain PyTorch: no Ray here. The caller supplies the task (model + losses), the optimizer and the batches; the
-function that wraps the task for DDP and the one that gathers across workers are injected by the caller.
+Plain PyTorch: no Ray here. The caller supplies the task (model + losses) in its parallel form
+(`omnivl.train.parallel`), the optimizer and the batches.
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from omnivl.tasks.pretrain import PretrainTask
 from omnivl.train.config import OptimizerConfig
+from omnivl.train.parallel import Precision, full_tensor, no_sync
 
 Batch = dict[str, torch.Tensor]
 
@@ -83,13 +85,6 @@ class Streams:
         return batch, time.perf_counter() - start
 
 
-def autocast_for(device: torch.device):
-    """bf16 autocast on GPUs; full precision on CPU (CPU bf16 is slower than fp32 on most hosts)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_step(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -97,12 +92,16 @@ def train_step(
     modality: str,
     *,
     grad_clip: float | None,
-    device: torch.device,
-    clip_params: list[torch.Tensor] | None = None,
+    precision: Precision,
+    task: PretrainTask | None = None,
 ) -> StepStats:
     """One optimizer step over `micro_batches` (gradient accumulation). `model(batch, modality)` must return
-    an object with `.loss` (tensor), `.losses` and `.metrics` (dicts). DDP gradient sync happens on the last
-    micro-batch only."""
+    an object with `.loss` (tensor), `.losses` and `.metrics` (dicts); it is the task or its DDP/FSDP form
+    (`omnivl.train.parallel`). Gradients are synchronized on the last micro-batch only.
+
+    `task`: when given (its `momentum_in_forward` off), its momentum encoders take their EMA step before each
+    micro-batch's forward, outside the forward, where FSDP's parameters are sharded alike (see
+    `omnivl.train.parallel`); the same arithmetic as the forward-time update."""
     start = time.perf_counter()
     optimizer.zero_grad(set_to_none=True)
     n = len(micro_batches)
@@ -111,19 +110,28 @@ def train_step(
     total = 0.0
     samples = 0
     for i, batch in enumerate(micro_batches):
-        sync = i == n - 1
-        ctx = model.no_sync() if (not sync and hasattr(model, "no_sync")) else contextlib.nullcontext()
-        with ctx:
-            with autocast_for(device):
+        if task is not None and task.uses_momentum:
+            task.momentum_update()
+        with no_sync(model) if i < n - 1 else contextlib.nullcontext():
+            with precision.autocast():
                 out = model(batch, modality)
-            (out.loss / n).backward()
+            scaled = out.loss / n
+            (precision.scaler.scale(scaled) if precision.scaler else scaled).backward()
         total += float(out.loss.detach()) / n
         for k, v in out.losses.items():
             losses[k] = losses.get(k, 0.0) + float(v.detach()) / n
         metrics.update({k: float(v) for k, v in out.metrics.items()})
         samples += int(next(iter(batch.values())).shape[0])
+    if precision.scaler:
+        precision.scaler.unscale_(optimizer)
     if grad_clip:
-        params = clip_params if clip_params is not None else [p for p in model.parameters() if p.grad is not None]
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, grad_clip))
-    optimizer.step()
+        params = [p for p in model.parameters() if p.grad is not None]
+        metrics["grad_norm"] = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, grad_clip)))
+    if precision.scaler:
+        precision.scaler.step(optimizer)
+        precision.scaler.update()
+    else:
+        optimizer.step()
+    if task is not None:
+        task.after_optimizer_step()
     return StepStats(total, losses, metrics, samples, time.perf_counter() - start)

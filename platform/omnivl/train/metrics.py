@@ -5,8 +5,13 @@ from __future__ import annotations
 import json
 import math
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterable
+
+from omnivl import storage
+
+METRICS_FILE = "metrics.jsonl"
 
 PLOTTED = [
     ("loss", ["loss", "loss_vlc", "loss_vlm", "loss_lm", "loss_cls"]),
@@ -39,6 +44,18 @@ class MetricsFile:
 
     def records(self) -> list[dict]:
         return read_records(self.path)
+
+
+def local_metrics_path(run_dir: str) -> Path:
+    """Rank 0 appends step records to a local file; on S3 it is uploaded with every checkpoint."""
+    if storage.is_s3(run_dir):
+        return Path(tempfile.gettempdir(), "omnivl-metrics", run_dir.replace("/", "_"), METRICS_FILE)
+    return Path(run_dir, METRICS_FILE)
+
+
+def upload_metrics(run_dir: str) -> None:
+    if storage.is_s3(run_dir):
+        storage.write_bytes(storage.join(run_dir, METRICS_FILE), local_metrics_path(run_dir).read_bytes())
 
 
 def read_records(path: str | Path) -> list[dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 from omnivl.train.config import OptimizerConfig, StageConfig
 
@@ -67,7 +68,8 @@ def stage_weights(stage: StageConfig, modalities: set[str]) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class WorkerBatch:
-    """How a global batch is split: per worker, per micro-step (gradient accumulation)."""
+    """How a global batch is split: per worker, per micro-step (gradient accumulation). `global_size` is the
+    batch the spec states; `effective` the rows a step trains on (fewer only under rounding 'down')."""
 
     global_size: int
     world_size: int
@@ -79,15 +81,38 @@ class WorkerBatch:
         return self.micro * self.world_size * self.grad_accum
 
 
-def split_batch(global_size: int, world_size: int, grad_accum: int) -> WorkerBatch:
-    """Per-worker micro-batch for a global batch size. The global batch (and so the learning rate the spec
-    states for it) stays as written whatever the number of workers; raises if it cannot be split evenly."""
+BatchRounding = Literal["exact", "down"]
+
+
+def split_batch(global_size: int, world_size: int, grad_accum: int, rounding: BatchRounding = "exact") -> WorkerBatch:
+    """Per-worker micro-batch for a global batch size, the same whatever the number of workers.
+
+    `exact`: the global batch (and so the learning rate the spec states for it) stays as written; raises
+    ValueError if it does not split evenly over `world_size x grad_accum`. `down`: the largest global batch
+    <= the stated one that splits evenly (`WorkerBatch.effective`); the learning rate stays as stated, and a
+    step trains on at most `world_size x grad_accum - 1` rows fewer. Raises ValueError if not even one row per
+    worker and micro-step is left."""
     parts = world_size * grad_accum
-    if global_size % parts:
+    if global_size < parts:
+        raise ValueError(f"global batch {global_size} is smaller than workers x grad_accum = "
+                         f"{world_size} x {grad_accum}: a worker would get no rows")
+    if global_size % parts and rounding == "exact":
         raise ValueError(
             f"global batch {global_size} is not divisible by workers x grad_accum = {world_size} x {grad_accum}"
         )
     return WorkerBatch(global_size, world_size, grad_accum, global_size // parts)
+
+
+def unsplit_worker_counts(global_size: int, workers: tuple[int, int], grad_accum: int,
+                          rounding: BatchRounding = "exact") -> list[int]:
+    """The worker counts in the elastic range `workers` = (min, max) over which `split_batch` would raise for
+    this global batch (Ray Train may start a run, or restart it after a failure, on any count in the range)."""
+    lo, hi = workers
+    return [n for n in range(max(1, lo), hi + 1) if not _splits(global_size, n * grad_accum, rounding)]
+
+
+def _splits(global_size: int, parts: int, rounding: BatchRounding) -> bool:
+    return global_size >= parts and (rounding == "down" or global_size % parts == 0)
 
 
 def steps_for_stage(stage: StageConfig, rows: dict[str, int], weights: dict[str, int]) -> int:
