@@ -23,7 +23,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException  # a BaseException: caught by name
 
 from omnivl import storage
 
@@ -143,7 +143,7 @@ class CheckpointWriter:
             future = dcp.async_save(state, storage_writer=writer, process_group=_cpu_group())
             self._pending = (future, ref, train_state)
         else:
-            dcp.save(state, storage_writer=writer)
+            dcp.save(state, storage_writer=writer, no_dist=not _distributed())
             self._publish(ref, train_state)
         return ref
 
@@ -208,8 +208,8 @@ def load_state(ref: CheckpointRef, state: dict[str, Any]) -> None:
 
     try:
         with _readable(ref.uri) as local:
-            dcp.load(state, storage_reader=dcp.FileSystemReader(str(local / STATE_DIR)))
-    except Exception as exc:  # a truncated shard, a missing file, bad metadata: all mean "damaged"
+            dcp.load(state, storage_reader=dcp.FileSystemReader(str(local / STATE_DIR)), no_dist=not _distributed())
+    except (Exception, CheckpointException) as exc:  # a truncated shard, a missing file, bad metadata: "damaged"
         raise ValueError(f"checkpoint {ref.uri} is damaged: {type(exc).__name__}: {exc}") from exc
 
 
@@ -238,6 +238,17 @@ class _readable:
     def __exit__(self, *exc) -> None:
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def read_full(ref: CheckpointRef) -> dict[str, Any]:
+    """The whole checkpoint in one process, as plain CPU tensors (sharded tensors gathered): its state dicts
+    (`task`, `optimizer`) and `train_state`. For inspection and tests; training loads with `load_state`."""
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    with _readable(ref.uri) as local, tempfile.TemporaryDirectory(prefix="omnivl-ckpt-") as tmp:
+        dcp_to_torch_save(str(local / STATE_DIR), f"{tmp}/full.pt")
+        state = torch.load(f"{tmp}/full.pt", map_location="cpu", weights_only=True)
+    return {**state, "train_state": load_train_state(ref)}
 
 
 def latest_good(run_dir: str, stage_index: int, stage: str, load: Callable[[CheckpointRef], Any],
@@ -272,15 +283,3 @@ def prune(run_dir: str, stage_index: int, stage: str, keep_last: int) -> list[st
     for r in doomed:
         storage.delete_dir(r.uri)
     return [r.uri for r in doomed]
-
-
-def checkpoint_bytes(ref: CheckpointRef) -> int:
-    """Total bytes of a local checkpoint's files (0 on S3: not listed here)."""
-    if storage.is_s3(ref.uri):
-        return 0
-    return sum(f.stat().st_size for f in Path(ref.uri).rglob("*") if f.is_file())
-
-
-def is_local_shared(uri: str) -> bool:
-    """Local checkpoints need a filesystem every node sees (one machine, NFS): each rank writes there."""
-    return not storage.is_s3(uri) and os.path.isabs(uri)

@@ -96,11 +96,11 @@ def compile_blocks(task: PretrainTask) -> None:
 
 def parallelize(task: PretrainTask, parallelism: str, world: int, device: torch.device, precision: Precision,
                 compile: bool = False) -> nn.Module:
-    """The module the train step calls: the task itself (one worker, or FSDP, which shards in place) or its DDP
-    wrapper. Call after the task's weights are final and before building the optimizer."""
+    """The module the train step calls: the task itself (one worker: nothing to shard or synchronize; FSDP,
+    which shards in place) or its DDP wrapper. Call before building the optimizer."""
     if compile:
         compile_blocks(task)
-    if world <= 1 and parallelism == "ddp":
+    if world <= 1:
         return task
     if parallelism == "fsdp":
         return shard_fsdp(task, precision)
