@@ -228,6 +228,23 @@ def test_tokenizer_errors_are_clear(tmp_path):
         T.load_tokenizer(str(tmp_path / "missing-dir"))
 
 
+def test_tokenizer_hub_id_is_read_from_the_local_hf_cache(tmp_path, monkeypatch):
+    from hf_cache_fixtures import cache_snapshot, use_hf_home
+    from omnivl.models.checkpoints import bundled_bert_dir
+    from omnivl.models.export import TOKENIZER_FILES
+
+    hub = use_hf_home(monkeypatch, tmp_path / "hf")
+    monkeypatch.chdir(tmp_path)
+    files = {name: (bundled_bert_dir() / name).read_text() for name in TOKENIZER_FILES}
+    cache_snapshot(hub, "cached-org/bert-vocab", files)
+    texts = ["a red circle moving left"]
+    assert np.array_equal(T.tokenize(T.load_tokenizer("cached-org/bert-vocab"), texts, 12)[0],
+                          T.tokenize(T.load_tokenizer(), texts, 12)[0])
+    with pytest.raises(ValueError, match="data.decode.tokenizer: 'absent-org/vocab' is not a local directory") as err:
+        T.load_tokenizer("absent-org/vocab")
+    assert str(hub / "models--absent-org--vocab") in str(err.value)
+
+
 def test_clean_caption():
     assert T.clean_caption("  a  red\n circle ", 100) == ("a red circle", False)
     assert T.clean_caption("one two three four", 9) == ("one two", True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertModel
 
 from omnivl.models.checkpoints import bundled_bert_dir, load_text_checkpoint
 from omnivl.models.config import InitConfig, ModelConfig
@@ -20,17 +20,6 @@ def _ids(B=3, L=9, vocab=30522, seed=0):
     mask[1, 6:] = 0  # one padded row
     ids[mask == 0] = 0
     return ids, mask
-
-
-@pytest.fixture(scope="module")
-def random_bert_dir(tmp_path_factory):
-    torch.manual_seed(5)
-    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=128, max_position_embeddings=64)
-    ref = BertModel(cfg).eval()
-    path = tmp_path_factory.mktemp("bert")
-    ref.save_pretrained(path)
-    return path, ref
 
 
 def test_text_encoder_matches_transformers_bert(random_bert_dir):

@@ -55,12 +55,27 @@ def test_good_spec_loads_with_defaults():
         (["data.sources[0].templates=['no slot']"], ["data.sources[0]: template 'no slot' has no '{}' slot"]),
         # the supervised warm-up classifies class names: a stage of captions only has none
         (["stages[0].loss_weights.cls=1.0"], ["stages[0].loss_weights.cls: is 1.0 but stage 'image' has no label source"]),
+        # an elastic range where some worker count does not divide a global batch
+        (["scaling.num_workers=[2, 4]"], ["stages[1].batch_size.video: 4 does not split over 3 workers x grad_accum 1 "
+                                          "(scaling.num_workers [2, 4]; it splits over 2, 4); set batch_rounding: down"]),
+        (["scaling.num_workers=3"], ["stages[0].batch_size.image: 8 does not split over 3 workers x grad_accum 1 "
+                                     "(scaling.num_workers 3)"]),
+        (["stages[0].grad_accum=3"], ["stages[0].batch_size.image: 8 does not split over 1 workers x grad_accum 3"]),
+        (["batch_rounding=down", "scaling.num_workers=[2, 6]"],
+         ["stages[1].batch_size.video: 4 is smaller than 6 workers x grad_accum 1 (scaling.num_workers [2, 6]; "
+          "batch_rounding down): every worker needs a row per micro-step; use a batch >= 6 or fewer workers"]),
     ],
 )
 def test_broken_spec_messages(overrides, expected):
     messages = "\n".join(errors_of(overrides=overrides))
     for fragment in expected:
         assert fragment in messages, messages
+
+
+def test_batch_rounding_down_accepts_a_range_the_batch_does_not_divide():
+    job = validate_spec(GOOD, ["batch_rounding=down", "scaling.num_workers=[1, 4]"])
+    assert job.batch_rounding == "down" and job.scaling.worker_range == (1, 4)
+    assert validate_spec(GOOD, ["scaling.num_workers=[1, 2]"]).batch_rounding == "exact"  # 8 and 4 split over 1, 2
 
 
 def test_missing_required_field():

