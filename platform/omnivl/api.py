@@ -11,7 +11,8 @@ Nothing here re-implements a step; each one is imported:
              eval_clip`, the transforms of `RowDecoder(train=False)`, under evaluation's decode watchdog and
              pixel limit. PIL images and arrays skip the file decode and go through the same eval transforms.
   text       `data.text.tokenize` with evaluation's tokenizer and text length (`DecodeConfig` defaults)
-  model      `serving.engine.load_checkpoint / run_visual / run_text / run_match / run_generate`
+  model      `serving.engine.load_checkpoint / run_visual / run_text / run_match / run_generate` (which apply the
+             precision's autocast, as for serving)
   prompts    questions become `data.text.qa_prompt(q)`, cut as a training row cuts them
              (`data.text.generation_prompt_ids`, as serving; evaluation cuts its rows with `data.text.prompt_ids`)
   text out   `data.text.detokenize` (evaluation, serving)
@@ -21,7 +22,6 @@ Nothing here re-implements a step; each one is imported:
 
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Iterator, Sequence, Union
 
@@ -39,7 +39,7 @@ from omnivl.data.manifest import IMAGE_EXTS, VIDEO_EXTS, read_media
 from omnivl.data.text import detokenize, generation_prompt_ids, load_tokenizer, qa_prompt, tokenize
 from omnivl.eval import classify as classify_ops
 from omnivl.eval.config import EvalConfig
-from omnivl.models.precision import PRECISIONS, autocast
+from omnivl.models.precision import PRECISIONS
 from omnivl.serving import engine
 from omnivl.serving.errors import ServeError
 from omnivl.serving.media import (DecodedMedia, Geometry, decode_media, in_item_order, sniff_modality,
@@ -82,21 +82,19 @@ def load_model(path: str | os.PathLike, device: str, precision: str, batch_size:
     if isinstance(length, bool) or not isinstance(length, int) or not MIN_TEXT_LENGTH <= length <= limit:
         raise ValueError(f"text_max_length: must be an int in [{MIN_TEXT_LENGTH}, {limit}] (the checkpoint's "
                          f"text positions), got {length!r}")
-    lm = engine.load_checkpoint(MODEL_ID, export, engine.pick_device(device))
-    return Model(lm, load_tokenizer(tokenizer or EVAL_DECODE.tokenizer), length, batch_size, precision)
+    lm = engine.load_checkpoint(MODEL_ID, export, engine.pick_device(device), precision)
+    return Model(lm, load_tokenizer(tokenizer or EVAL_DECODE.tokenizer), length, batch_size)
 
 
 class Model:
     """A loaded export. Embeddings are float32 and L2-normalized; every method takes one item or a list (a list
     in gives a list out, or rows of an array) and runs `batch_size` items per forward pass."""
 
-    def __init__(self, lm: engine.LoadedModel, tokenizer: Any, text_max_length: int, batch_size: int,
-                 precision: str) -> None:
+    def __init__(self, lm: engine.LoadedModel, tokenizer: Any, text_max_length: int, batch_size: int) -> None:
         self._lm = lm
         self.tokenizer = tokenizer
         self.text_max_length = text_max_length
         self.batch_size = batch_size
-        self.precision = precision
         self._watchdog = Watchdog(EVAL_DECODE.decode_timeout_s)
 
     def __repr__(self) -> str:
@@ -113,6 +111,11 @@ class Model:
     @property
     def device(self) -> str:
         return self._lm.device
+
+    @property
+    def precision(self) -> str:
+        """fp32, or the bf16 / fp16 autocast of every forward pass (`serving.engine` applies it)."""
+        return self._lm.precision
 
     @property
     def module(self) -> torch.nn.Module:
@@ -221,8 +224,7 @@ class Model:
             ids, mask = tokenize(self.tokenizer, texts[part], self.text_max_length)
             groups = stack_by_modality(decoded)
             calls = [engine.MatchCall(px, mod, ids[pos], mask[pos]) for mod, (pos, px) in groups.items()]
-            with self._precision():
-                results = engine.run_match(self._lm, calls)
+            results = engine.run_match(self._lm, calls)
             out[part] = in_item_order(groups, results)
         return float(out[0]) if single_media and single_text else out
 
@@ -231,10 +233,6 @@ class Model:
     def _chunks(self, n: int) -> Iterator[slice]:
         for start in range(0, n, self.batch_size):
             yield slice(start, min(start + self.batch_size, n))
-
-    def _precision(self) -> contextlib.AbstractContextManager:
-        """Autocast to bf16/fp16 around a model call (weights stay fp32); nothing for fp32."""
-        return autocast(self.device, self.precision)
 
     def _embed_media(self, media: MediaInput | Sequence[MediaInput], name: str, modality: str) -> np.ndarray:
         items, _ = _items(media)
@@ -246,14 +244,12 @@ class Model:
     def _visual(self, decoded: list[DecodedMedia]) -> np.ndarray:
         """[N, E] in the order of `decoded`: one forward pass per modality."""
         groups = stack_by_modality(decoded)
-        with self._precision():
-            results = engine.run_visual(self._lm, [engine.VisualCall(g.pixels, mod) for mod, g in groups.items()])
+        results = engine.run_visual(self._lm, [engine.VisualCall(g.pixels, mod) for mod, g in groups.items()])
         return np.stack(in_item_order(groups, results))
 
     def _text_embeddings(self, texts: list[str]) -> np.ndarray:
         ids, mask = tokenize(self.tokenizer, texts, self.text_max_length)
-        with self._precision():
-            return engine.run_text(self._lm, [engine.TextCall(ids, mask)])[0]
+        return engine.run_text(self._lm, [engine.TextCall(ids, mask)])[0]
 
     def _class_embeddings(self, labels: list[str], templates: list[str]) -> np.ndarray:
         """class_CE: each label's prompt ensemble, as evaluation's zero-shot builds it."""
@@ -269,8 +265,7 @@ class Model:
             groups = stack_by_modality(decoded)
             calls = [engine.GenerateCall(px, mod, None if prompt_NP is None else prompt_NP[pos], options)
                      for mod, (pos, px) in groups.items()]
-            with self._precision():
-                results = engine.run_generate(self._lm, calls)
+            results = engine.run_generate(self._lm, calls)
             out += [detokenize(self.tokenizer, ids) for ids in in_item_order(groups, results)]
         return out
 

@@ -108,8 +108,16 @@ def test_bf16_embeddings_stay_close_to_fp32(embed_corpus, tiny_export, tmp_path)
 
 
 def test_fp16_needs_a_gpu():
+    from omnivl.spec.errors import SpecError
+    from omnivl.spec.loader import validate_spec
+
     with pytest.raises(ValueError, match="fp16 needs use_gpu"):
         EmbedSettings(precision="fp16")
+    raw = {"kind": "embed", "name": "e", "checkpoint": "c", "embed": {"precision": "fp16"},
+           "data": {"sources": [{"name": "s", "manifest": "m.jsonl", "modality": "image"}]}}
+    with pytest.raises(SpecError, match=r"embed\.precision: fp16 needs use_gpu: true"):
+        validate_spec(raw)
+    assert EmbedSettings(precision="fp16", use_gpu=True).precision == "fp16"
 
 
 # ---- the index ---------------------------------------------------------------------------------------------

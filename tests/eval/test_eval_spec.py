@@ -32,6 +32,8 @@ def test_every_task_and_field_validates(tmp_path):
      "eval.tasks[0]", "qa needs a source of kind qa"),
     (lambda r: r["eval"].update(answering={"method": "sample"}), "eval.answering.method", "greedy"),
     (lambda r: r["data"]["sources"][0].update(kind="vqa"), "data.sources[0].kind", "qa"),
+    (lambda r: r["eval"].update(precision="fp16"), "eval.precision", "fp16 needs use_gpu: true"),
+    (lambda r: r["eval"].update(precision="fp8"), "eval.precision", "must be one of 'fp32', 'bf16' or 'fp16'"),
 ])
 def test_mistakes_are_named(tmp_path, mutate, path, message):
     raw = _raw(tmp_path, ["qa"])
@@ -40,3 +42,19 @@ def test_mistakes_are_named(tmp_path, mutate, path, message):
         validate_spec(raw)
     text = str(e.value)
     assert path in text and message in text, text
+
+
+def test_precision_defaults_to_fp32_and_fp16_runs_on_a_gpu(tmp_path):
+    assert validate_spec(_raw(tmp_path, ["qa"])).eval.precision == "fp32"
+    assert validate_spec(_raw(tmp_path, ["qa"], precision="bf16")).eval.precision == "bf16"
+    assert validate_spec(_raw(tmp_path, ["qa"], precision="fp16", use_gpu=True)).eval.precision == "fp16"
+
+
+def test_the_precision_names_are_the_ones_autocast_knows():
+    """The spec's names (torch-free) and `omnivl.models.precision`'s dtypes are two lists: they must agree."""
+    import typing
+
+    from omnivl.models.precision import PRECISIONS
+    from omnivl.spec.precision import Precision
+
+    assert list(typing.get_args(Precision)) == list(PRECISIONS)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import json
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -16,7 +17,7 @@ import omnivl.eval
 from conftest import DECODE, eval_spec
 from omnivl.data.config import DecodeConfig, SourceConfig
 from omnivl.eval import embedding, inference
-from omnivl.eval.config import EvalConfig
+from omnivl.eval.config import EvalConfig, GenerationSettings
 from omnivl.eval.driver import DriverModel
 from omnivl.eval.embedding import check_token_budget, collect
 from omnivl.eval.job import run_evaluation
@@ -186,6 +187,61 @@ def test_a_whole_job_in_this_process_reads_each_manifest_once(eval_corpus, tiny_
             assert summary["metrics"][name][key] == {"value": round(value, 2), "chance": round(chance, 2)}
         assert m["figures"] and all((tmp_path / "out" / f).exists() for f in m["figures"])
     assert metrics["bad_input"]["rows_seen"] > 0 and metrics["bad_input"]["rows_skipped"] == 0
+
+
+# ---- precision ------------------------------------------------------------------------------------------------
+
+
+def _cosine_N(a_NE: np.ndarray, b_NE: np.ndarray) -> np.ndarray:
+    return (a_NE * b_NE).sum(1) / (np.linalg.norm(a_NE, axis=1) * np.linalg.norm(b_NE, axis=1))
+
+
+@pytest.mark.parametrize("dataset", ["image_text", "video_text"])
+def test_bf16_passes_stay_close_to_fp32_and_really_autocast(dataset, eval_corpus, tiny_export):
+    """The embedding pass (embeddings, frozen features, kept tokens, captions on the same pixels), prompt-text
+    embeddings and re-ranking scores at bf16: within bf16 rounding of fp32 (cosine > 0.99), and not
+    bit-identical (the autocast ran). Outputs stay float32."""
+    decode, source = DecodeConfig(**DECODE), _source(eval_corpus, dataset, "val")
+    caption = GenerationSettings(max_new_tokens=3)
+    fp32, bf16 = (LocalPass(decode, tiny_export, batch_size=5, precision=p).embed(source, caption=caption,
+                                                                                   keep_tokens=True)
+                  for p in ("fp32", "bf16"))
+    assert fp32.row_key_N == bf16.row_key_N and sorted(fp32.generated) == sorted(bf16.generated)
+    for field in ("visual_NE", "text_NE", "features_ND"):
+        a, b = getattr(fp32, field), getattr(bf16, field)
+        assert b.dtype == np.float32 and _cosine_N(a, b).min() > 0.99 and np.abs(a - b).max() > 0, field
+    tokens = [fp32.tokens[k] for k in sorted(fp32.tokens)]  # the same tokens for both: the head's precision alone
+    texts = fp32.text_N[:4]
+    pairs = np.array([(v, t) for v in range(len(tokens)) for t in range(len(texts))])
+    fp32_driver, bf16_driver = (DriverModel(tiny_export, decode, precision=p) for p in ("fp32", "bf16"))
+    a, b = fp32_driver.embed_texts(texts), bf16_driver.embed_texts(texts)
+    assert _cosine_N(a, b).min() > 0.99 and np.abs(a - b).max() > 0
+    a, b = fp32_driver.match_pairs(tokens, texts, pairs), bf16_driver.match_pairs(tokens, texts, pairs)
+    assert np.abs(a - b).max() < 0.02 and np.abs(a - b).max() > 0
+
+
+def test_every_model_call_of_a_job_runs_at_the_spec_precision(eval_corpus, tiny_export, tmp_path, monkeypatch):
+    """`eval.precision: bf16` through `run_evaluation`: each kind of model call the tasks make (embedding pass,
+    generation for captions and answers, prompt embeddings, re-ranking) autocasts to bf16, and no call runs
+    at another precision."""
+    raw = eval_spec(eval_corpus, tiny_export, tmp_path / "out", ["retrieval", "zero_shot", "linear_probe",
+                                                                 "captioning", "qa"],
+                    precision="bf16", meteor=False, rerank_k=RERANK_K, samples=0, captioning={"max_new_tokens": 2},
+                    answering={"max_new_tokens": 2})
+    raw["data"]["sources"] = [s for s in raw["data"]["sources"] if s["name"] in ("image_text", "image_label",
+                                                                                  "image_qa")]
+    job = validate_spec(raw)
+    calls, autocast = Counter(), inference._autocast
+
+    def recording(model, precision):
+        calls[(sys._getframe(1).f_code.co_name, precision)] += 1
+        return autocast(model, precision)
+
+    monkeypatch.setattr(inference, "_autocast", recording)
+    run_evaluation(job, lambda export: LocalPass(job.data.decode, export, job.eval.batch_size,
+                                                 precision=job.eval.precision))
+    assert sorted({name for name, _ in calls}) == ["embed_batch", "encode_texts", "generate_batch", "match_pairs"]
+    assert {precision for _, precision in calls} == {"bf16"}
 
 
 def test_evaluation_library_imports_no_ray():

@@ -23,6 +23,7 @@ from omnivl.data.decode import RowDecoder
 from omnivl.data.manifest import read_manifest, row_batches
 from omnivl.data.text import label_id_for_class, label_id_for_pair, load_tokenizer, tokenize
 from omnivl.eval.captioning import caption_metrics
+from omnivl.eval.config import GenerationSettings
 from omnivl.eval.probe import linear_probe
 from omnivl.eval.qa import qa_accuracy
 from omnivl.eval.retrieval import items_and_captions, ranks, recall_metrics, rerank
@@ -214,6 +215,27 @@ def test_ray_embeddings_equal_single_process(ray_local, eval_corpus, tiny_export
         for field in ("visual_NE", "text_NE", "features_ND"):
             np.testing.assert_allclose(getattr(remote, field)[order_r], getattr(local, field)[order_l], atol=1e-5)
         assert [remote.text_N[i] for i in order_r] == [local.text_N[i] for i in order_l]
+
+
+def test_ray_actors_run_at_the_spec_precision(ray_local, eval_corpus, tiny_export, monkeypatch, tmp_path):
+    """`eval.precision` reaches the actor pools: `run_job` hands it to the media pass, and a bf16 pass in Ray
+    actors (embeddings, captions on the same pixels) is within bf16 rounding of fp32 in this process, not equal."""
+    handed = {}
+    monkeypatch.setattr(ev, "run_evaluation", lambda job, make_pass, device: handed.update(media=make_pass("e")))
+    ev.run_job(validate_spec(eval_spec(eval_corpus, tiny_export, tmp_path, ["retrieval"], precision="bf16")))
+    assert handed["media"].precision == "bf16" and handed["media"]._actor_kwargs("image")["precision"] == "bf16"
+
+    decode = DecodeConfig(**eval_spec(eval_corpus, tiny_export, tmp_path, ["retrieval"])["data"]["decode"])
+    src = SourceConfig(name="image_text", manifest=str(eval_corpus / "image_text" / "val.jsonl"), modality="image")
+    remote = ev.RayPass(decode, tiny_export, batch_size=4, use_gpu=False, precision="bf16").embed(
+        EvalSource.read(src), caption=GenerationSettings(max_new_tokens=2))
+    local = ev.embed_locally(src, decode, tiny_export, batch_size=5)
+    order_r, order_l = np.argsort(remote.row_key_N), np.argsort(local.row_key_N)
+    assert len(remote.generated) == remote.rows == local.rows > 2
+    for field in ("visual_NE", "text_NE"):
+        a, b = getattr(local, field)[order_l], getattr(remote, field)[order_r]
+        cosine_N = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+        assert cosine_N.min() > 0.99 and np.abs(a - b).max() > 1e-4, field  # fp32 Ray vs local agree to 1e-5
 
 
 def test_checkpoint_that_does_not_match_the_spec_is_named(eval_corpus, tiny_export, tmp_path):

@@ -135,6 +135,26 @@ def test_tiny_model_metrics_are_the_embeddings_and_restore_train_mode(held_outs,
             assert 0.0 <= v <= 100.0
 
 
+def test_evaluation_during_training_can_run_at_bf16(held_outs, tiny_export, monkeypatch):
+    """`live.evaluate(precision=...)` reaches every forward pass (visual and text embeddings, class prompts); the
+    default stays fp32, so training's call is unchanged."""
+    import sys
+
+    from omnivl.eval import inference
+    from omnivl.models.export import load_export
+
+    model = load_export(tiny_export)
+    seen, autocast = [], inference._autocast
+    monkeypatch.setattr(inference, "_autocast", lambda m, precision: seen.append(
+        (sys._getframe(1).f_code.co_name, precision)) or autocast(m, precision))
+    fp32 = live.evaluate(model, held_outs, batch_size=4)
+    assert {p for _, p in seen} == {"fp32"}
+    seen.clear()
+    bf16 = live.evaluate(model, held_outs, batch_size=4, precision="bf16")
+    assert set(seen) == {("embed_batch", "bf16"), ("encode_texts", "bf16")}
+    assert set(bf16) == set(fp32) and all(0.0 <= bf16[k] <= 100.0 for k in bf16 if k.endswith(("_r1", "_top1")))
+
+
 # ------------------------------------------------------------------------------------------ records
 
 

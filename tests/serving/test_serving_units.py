@@ -13,6 +13,7 @@ import pytest
 import torch
 import yaml
 from inprocess_backend import InProcessBackend
+from serve_helpers import app_args
 
 from omnivl.serving import engine
 from omnivl.serving.auth import check_bearer, resolve_api_key
@@ -170,6 +171,22 @@ def test_batches_must_be_able_to_fill():
         ServeAppConfig(checkpoints={"a": "x"}, max_ongoing_requests=4, batching={"max_batch_size": 8})
     ServeAppConfig(checkpoints={"a": "x"}, max_ongoing_requests=4, batching={"enabled": False, "max_batch_size": 8})
     assert ServeAppConfig(checkpoints={"b": "x", "a": "y"}).default_model == "b"
+
+
+def test_precision_defaults_to_fp32_and_fp16_needs_a_replica_gpu():
+    """The field in a `serve` job and in a Serve config file (both `app.` specs), the fp16 rule naming its path."""
+    from omnivl.cli.serve_cmds import load_serve_job
+    from omnivl.spec.errors import SpecError
+
+    serve_tiny, local_dev = str(ROOT / "jobs" / "serve_tiny.yaml"), str(ROOT / "serve" / "local-dev.yaml")
+    assert load_serve_job(serve_tiny, []).app.precision == "fp32"
+    assert load_serve_job(local_dev, ["app.precision=bf16"]).app.precision == "bf16"
+    assert load_serve_job(serve_tiny, ["app.precision=fp16", "app.gpus_per_replica=1"]).app.precision == "fp16"
+    rule = r"app\.precision: fp16 needs gpus_per_replica > 0 and device auto or cuda"
+    with pytest.raises(SpecError, match=rule):
+        load_serve_job(serve_tiny, ["app.precision=fp16"])
+    with pytest.raises(SpecError, match=rule):  # local-dev.yaml pins device: cpu
+        load_serve_job(local_dev, ["app.precision=fp16", "app.gpus_per_replica=1"])
 
 
 def _serve_apps(doc: dict) -> list[dict]:
@@ -420,6 +437,51 @@ def test_warm_up_runs_one_call_per_operation_and_modality_of_the_model_geometry(
     assert sorted(seen) == sorted([("visual", "image", [(1, 3, 64, 64)]), ("visual", "video", [(1, 4, 3, 64, 64)]),
                                    ("text", None, [(1, 32)]), ("match", "image", [(1, 3, 64, 64)]),
                                    ("generate", "image", [(1, 3, 64, 64)])])
+
+
+def _cosine_N(a_NE: np.ndarray, b_NE: np.ndarray) -> np.ndarray:
+    return (a_NE * b_NE).sum(1) / (np.linalg.norm(a_NE, axis=1) * np.linalg.norm(b_NE, axis=1))
+
+
+def test_bf16_operations_stay_close_to_fp32_and_really_autocast(lm, checkpoints):
+    """Every operation of a checkpoint loaded at bf16: float32 results within bf16 rounding of fp32 (cosine
+    > 0.99, probabilities within 0.02), not bit-identical (the autocast ran); generation gives token ids."""
+    low = engine.load_checkpoint("a", checkpoints["a"], "cpu", "bf16")
+    image, video = engine.VisualCall(_pixels(3, seed=4), "image"), engine.VisualCall(_pixels(2, 4, seed=5), "video")
+    ids = np.array([[101, 2000, 102, 0], [101, 3000, 4000, 102], [101, 2054, 102, 0]])
+    mask = (ids > 0).astype(np.int64)
+    for op, call in [("visual", image), ("visual", video), ("text", engine.TextCall(ids, mask))]:
+        (ref,), (got,) = engine.OPS[op](lm, [call]), engine.OPS[op](low, [call])
+        assert got.dtype == np.float32 and _cosine_N(ref, got).min() > 0.99 and np.abs(ref - got).max() > 0, op
+    match = engine.MatchCall(image.pixels, "image", ids, mask)
+    (ref,), (got,) = engine.run_match(lm, [match]), engine.run_match(low, [match])
+    assert got.dtype == np.float32 and 0 < np.abs(ref - got).max() < 0.02
+    (rows,) = engine.run_generate(low, [engine.GenerateCall(image.pixels, "image", None,
+                                                            engine.decoding_kwargs("beam", 3, 2, 1.0))])
+    assert len(rows) == 3 and all(isinstance(t, int) for r in rows for t in r)
+
+
+def test_a_model_replica_loads_warms_up_and_serves_at_the_config_precision(lm, checkpoints, corpus, monkeypatch):
+    """The Serve seam's replica class (in this process, without Serve): `precision: bf16` in its args reaches the
+    loaded checkpoint, so the warm-up, the startup gallery and the batched requests all run under bf16."""
+    from omnivl.cluster.serve_app import ModelReplica
+
+    class Replica(ModelReplica):  # what `model_deployment` adds, minus Serve's multiplexing decorator
+        async def get_model(self, model_id: str) -> engine.LoadedModel:
+            return await self.load_model(model_id)
+
+    seen, autocast = [], engine.autocast
+    monkeypatch.setattr(engine, "autocast", lambda device, precision: seen.append(precision) or autocast(device,
+                                                                                                        precision))
+    replica = Replica(app_args({"a": checkpoints["a"]}, corpus, precision="bf16"))
+    warm_ups = len(engine.warmup_calls(lm, 32))
+    assert replica.preloaded["a"].precision == "bf16" and len(replica.cold_start["warmup_ops_s"]) == warm_ups
+    assert len(seen) > warm_ups and set(seen) == {"bf16"}  # the gallery's embedding passes, then the warm-up
+    call = engine.VisualCall(_pixels(2, seed=6), "image")
+    got = asyncio.run(replica.visual("a", call))
+    ref = engine.run_visual(lm, [call])[0]
+    assert _cosine_N(ref, got).min() > 0.99 and np.abs(ref - got).max() > 0
+    replica.worker.shutdown()
 
 
 class GatedModel:

@@ -1,6 +1,6 @@
 """The `evaluate` job's Ray seam: the media passes of `omnivl.eval.media.MediaPass` as Ray Data actor pools.
 A source is decoded by the CPU pipeline training uses (eval mode: centre crop, middle frames, no flip) and the
-model runs in an actor pool, loaded once per actor (on GPU with `eval.use_gpu`).
+model runs in an actor pool, loaded once per actor (on GPU with `eval.use_gpu`, at `eval.precision`).
 
 Everything else is plain Python in `omnivl.eval`: the job body (`omnivl.eval.job`), each source's manifest read
 once (`omnivl.eval.source`), the tasks and their typed results (`omnivl.eval.tasks`, `omnivl.eval.results`).
@@ -30,8 +30,9 @@ def run_job(job: EvaluateJob) -> dict:
     """Runs the `evaluate` job with the media passes in Ray actor pools (Ray must be initialized); returns
     {report: uri, metrics: headline numbers per source}."""
     driver_device = "cuda" if job.eval.use_gpu and torch.cuda.is_available() else "cpu"
-    return run_evaluation(job, lambda export: RayPass(job.data.decode, export, job.eval.batch_size, job.eval.use_gpu),
-                          driver_device)
+    cfg = job.eval
+    return run_evaluation(job, lambda export: RayPass(job.data.decode, export, cfg.batch_size, cfg.use_gpu,
+                                                      cfg.precision), driver_device)
 
 
 # ------------------------------------------------------------------------------------------ Ray actors
@@ -40,12 +41,12 @@ def run_job(job: EvaluateJob) -> dict:
 class _ModelActor:
     torch_threads = 1
 
-    def __init__(self, export: str, modality: str, device: str = "cpu") -> None:
+    def __init__(self, export: str, modality: str, device: str = "cpu", precision: str = "fp32") -> None:
         from omnivl.models.export import load_export
 
         torch.set_num_threads(self.torch_threads)
         self.model = load_export(export, device)
-        self.modality = modality
+        self.modality, self.precision = modality, precision
 
 
 class EmbedActor(_ModelActor):
@@ -53,16 +54,17 @@ class EmbedActor(_ModelActor):
     settings also writes a caption per row (column `generated`) from the same decoded pixels, with
     `keep_tokens` adds every row's visual tokens (column `tokens`, for re-ranking)."""
 
-    def __init__(self, export: str, modality: str, device: str = "cpu", tokenizer: str | None = None,
-                 caption: dict | None = None, keep_tokens: bool = False) -> None:
-        super().__init__(export, modality, device)
+    def __init__(self, export: str, modality: str, device: str = "cpu", precision: str = "fp32",
+                 tokenizer: str | None = None, caption: dict | None = None, keep_tokens: bool = False) -> None:
+        super().__init__(export, modality, device, precision)
         self.caption = _Generator(tokenizer, caption) if caption is not None else None
         self.keep_tokens = keep_tokens
 
     def __call__(self, batch: dict) -> dict:
-        out = inference.embed_batch(self.model, batch, self.modality, keep_tokens=self.keep_tokens)
+        out = inference.embed_batch(self.model, batch, self.modality, keep_tokens=self.keep_tokens,
+                                    precision=self.precision)
         if self.caption is not None:
-            out["generated"] = self.caption(self.model, batch, self.modality, answer=False)["generated"]
+            out["generated"] = self.caption(self.model, batch, self.modality, False, self.precision)["generated"]
         return out
 
 
@@ -75,19 +77,20 @@ class _Generator:
         self.tokenizer = load_tokenizer(tokenizer)
         self.settings = GenerationSettings.model_validate(settings)
 
-    def __call__(self, model, batch: dict, modality: str, answer: bool) -> dict:
-        return inference.generate_batch(model, batch, modality, self.tokenizer, self.settings, answer)
+    def __call__(self, model, batch: dict, modality: str, answer: bool, precision: str) -> dict:
+        return inference.generate_batch(model, batch, modality, self.tokenizer, self.settings, answer, precision)
 
 
 class GenerateActor(_ModelActor):
     """Writes a caption, or the answer to the row's question, for every decoded row."""
 
-    def __init__(self, export: str, modality: str, device: str, tokenizer: str, settings: dict, answer: bool) -> None:
-        super().__init__(export, modality, device)
+    def __init__(self, export: str, modality: str, device: str, precision: str, tokenizer: str, settings: dict,
+                 answer: bool) -> None:
+        super().__init__(export, modality, device, precision)
         self.generator, self.answer = _Generator(tokenizer, settings), answer
 
     def __call__(self, batch: dict) -> dict:
-        return self.generator(self.model, batch, self.modality, self.answer)
+        return self.generator(self.model, batch, self.modality, self.answer, self.precision)
 
 
 def _run_actor(src: SourceConfig, decode: DecodeConfig, actor, kwargs: dict, batch_size: int, use_gpu: bool):
@@ -110,13 +113,16 @@ def _run_actor(src: SourceConfig, decode: DecodeConfig, actor, kwargs: dict, bat
 
 class RayPass:
     """`omnivl.eval.media.MediaPass` over Ray Data: each pass decodes the source once and runs the model in an
-    actor pool; the driver gathers the outputs by row key."""
+    actor pool, at `precision`; the driver gathers the outputs by row key."""
 
-    def __init__(self, decode: DecodeConfig, export: str, batch_size: int, use_gpu: bool) -> None:
+    def __init__(self, decode: DecodeConfig, export: str, batch_size: int, use_gpu: bool,
+                 precision: str = "fp32") -> None:
         self.decode, self.export, self.batch_size, self.use_gpu = decode, export, batch_size, use_gpu
+        self.precision = precision
 
     def _actor_kwargs(self, modality: str) -> dict:
-        return {"export": self.export, "modality": modality, "device": "cuda" if self.use_gpu else "cpu"}
+        return {"export": self.export, "modality": modality, "device": "cuda" if self.use_gpu else "cpu",
+                "precision": self.precision}
 
     def embed(self, source: EvalSource, *, caption: GenerationSettings | None = None,
               keep_tokens: bool = False) -> Embedded:

@@ -104,7 +104,7 @@ class ModelReplica:
         from omnivl.serving.gallery import build_gallery
 
         start = time.perf_counter()
-        lm = engine.load_checkpoint(model_id, self.cfg.checkpoints[model_id], self.device)
+        lm = engine.load_checkpoint(model_id, self.cfg.checkpoints[model_id], self.device, self.cfg.precision)
         if self.cfg.gallery_manifest:
             g = lm.geometry
             lm.gallery = build_gallery(
@@ -113,7 +113,7 @@ class ModelReplica:
                 self.cfg.gallery_max_items, self.cfg.tokenizer, self.cfg.limits.max_image_pixels)
         elif self.cfg.gallery_index:
             lm.gallery = load_gallery_index(self.cfg.gallery_index, lm)
-        log.info("loaded checkpoint %s from %s on %s in %.1fs", model_id, lm.uri, self.device,
+        log.info("loaded checkpoint %s from %s on %s (%s) in %.1fs", model_id, lm.uri, self.device, lm.precision,
                  time.perf_counter() - start)
         return lm
 

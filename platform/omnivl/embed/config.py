@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from omnivl.spec.base import Config
+from omnivl.spec.precision import UseGpuPrecision, precision_field
 
-Precision = Literal["fp32", "bf16", "fp16"]
 # What an `index` job writes (omnivl.embed.index) and serving's `gallery_index:` reads
 INDEX_FILE = "index.faiss"
 METADATA_FILE = "metadata.parquet"
@@ -34,18 +34,11 @@ class EmbedSettings(Config):
     concurrency: int = Field(default=2, ge=1, description="model actors (one output shard at a time each)")
     cpus_per_actor: float = Field(default=1.0, gt=0)
     batch_size: int = Field(default=64, ge=1, description="rows per forward pass")
-    precision: Precision = Field(default="fp32", description="bf16/fp16 autocast (fp16 needs use_gpu)")
+    precision: UseGpuPrecision = precision_field("use_gpu: true")
     decode_threads: int = Field(default=2, ge=1, description="threads per actor decoding the next batches "
                                 "while the model runs the current one")
     text_embedding: bool = Field(default=False, description="image/video sources: also write the embedding of "
                                  "each row's caption (column text_embedding)")
-
-    @model_validator(mode="after")
-    def _fp16_on_gpu(self):
-        if self.precision == "fp16" and not self.use_gpu:
-            raise ValueError("precision fp16 needs use_gpu: true (CPUs run fp16 matmuls slowly or not at all); "
-                             "use bf16 or fp32 on CPU")
-        return self
 
 
 IndexKind = Literal["auto", "flat", "ivfpq", "hnsw"]

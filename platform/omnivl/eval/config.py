@@ -9,6 +9,7 @@ from pydantic import Field
 from omnivl.data.config import SourceConfig
 from omnivl.spec.base import Config
 from omnivl.spec.errors import SpecIssue
+from omnivl.spec.precision import UseGpuPrecision, precision_field
 
 EvalTask = Literal["retrieval", "zero_shot", "linear_probe", "captioning", "qa"]
 # The source kinds each task evaluates (a source of another kind is simply not evaluated by that task).
@@ -36,6 +37,7 @@ class EvalConfig(Config):
         "(BLIP's evaluation), or the matching probability alone (ALBEF's)")
     batch_size: int = Field(default=32, ge=1)
     use_gpu: bool = False
+    precision: UseGpuPrecision = precision_field("use_gpu: true")
     probe_train: dict[str, str] = Field(
         default_factory=dict,
         description="linear_probe: label source name -> manifest of its TRAIN split (the source itself is the "

@@ -34,9 +34,12 @@ def load_driver_tokenizer(name: str):
 
 @dataclass(frozen=True)
 class DriverModel:
+    """The export on `device`, run at `precision` (`omnivl.eval.inference`), tokenizing as `decode` says."""
+
     export: str
     decode: DecodeConfig
     device: str = "cpu"
+    precision: str = "fp32"
 
     @property
     def model(self):
@@ -51,7 +54,7 @@ class DriverModel:
     def embed_texts(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [T, E]: normalized text embeddings."""
         ids, mask = self.tokenize(texts)
-        return inference.encode_texts(self.model, ids, mask)
+        return inference.encode_texts(self.model, ids, mask, precision=self.precision)
 
     def token_shape(self, modality: str) -> tuple[int, int]:
         """(S, D) of the visual tokens of one decoded `modality` row."""
@@ -61,4 +64,5 @@ class DriverModel:
         """float64 [P]: matching probability of each (visual v, text t) pair, from the kept tokens `tokens_of[v]`
         and `texts[t]`."""
         ids, mask = self.tokenize(texts)
-        return inference.match_pairs(self.model, tokens_of, ids, mask, pairs_P2, MATCH_PAIRS_PER_BATCH)
+        return inference.match_pairs(self.model, tokens_of, ids, mask, pairs_P2, MATCH_PAIRS_PER_BATCH,
+                                     self.precision)

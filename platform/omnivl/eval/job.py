@@ -38,7 +38,7 @@ def run_evaluation(job: EvaluateJob, make_pass: Callable[[str], MediaPass], driv
     media = make_pass(export)
     with storage.staged_output(out_uri) as out:
         ctx = EvalContext(job.eval, job.data.decode, export, out, media,
-                          DriverModel(export, job.data.decode, driver_device))
+                          DriverModel(export, job.data.decode, driver_device, job.eval.precision))
         metrics = evaluate_sources(job, ctx)
         write_outputs(metrics, out, f"Evaluation {job.name}")
     console.say(f"report: {storage.join(out_uri, 'report.md')}")

@@ -81,9 +81,10 @@ def _letter(modality: str) -> str:
     return "i" if modality == "image" else "v"
 
 
-def _embed(model, held: HeldOut, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+def _embed(model, held: HeldOut, batch_size: int, precision: str) -> tuple[np.ndarray, np.ndarray]:
     """(visual_NE, text_NE) of every held-out row, in row order."""
-    outs = [inference.embed_batch(model, {k: v[i:i + batch_size] for k, v in held.batch.items()}, held.modality)
+    outs = [inference.embed_batch(model, {k: v[i:i + batch_size] for k, v in held.batch.items()}, held.modality,
+                                  precision=precision)
             for i in range(0, held.rows, batch_size)]
     return np.concatenate([o["visual"] for o in outs]), np.concatenate([o["text_emb"] for o in outs])
 
@@ -106,25 +107,27 @@ def zero_shot_top1(visual_NE: np.ndarray, prompt_TE: np.ndarray, truth: list[int
             "zeroshot_top1_chance": 100.0 / num_classes}
 
 
-def evaluate_source(model, held: HeldOut, batch_size: int = 32) -> dict[str, float]:
-    """The metrics of one held-out source (see the module docstring); the model must be in eval mode."""
-    visual_NE, text_NE = _embed(model, held, batch_size)
+def evaluate_source(model, held: HeldOut, batch_size: int = 32, precision: str = "fp32") -> dict[str, float]:
+    """The metrics of one held-out source (see the module docstring), the forward passes autocast to `precision`
+    (`omnivl.eval.inference`); the model must be in eval mode."""
+    visual_NE, text_NE = _embed(model, held, batch_size, precision)
     out: dict[str, float] = {"items": held.rows}
     if held.kind == "text":
         out.update(retrieval_r1(visual_NE[held.item_rows], text_NE, held.text_to_item, held.modality))
     elif held.kind == "label":
-        prompt_TE = inference.encode_texts(model, held.prompt_ids, held.prompt_mask)
+        prompt_TE = inference.encode_texts(model, held.prompt_ids, held.prompt_mask, precision=precision)
         out.update(zero_shot_top1(visual_NE, prompt_TE, held.truth, len(held.classes)))
     return out
 
 
-def evaluate(model, held_outs: list[HeldOut], batch_size: int = 32) -> dict[str, float]:
+def evaluate(model, held_outs: list[HeldOut], batch_size: int = 32, precision: str = "fp32") -> dict[str, float]:
     """`eval_<source>_<metric>` for every held-out source, and `eval_seconds`. Runs in eval mode without
-    gradients and puts the model back in the mode it was in."""
+    gradients, at `precision`, and puts the model back in the mode it was in."""
     start, was_training = time.monotonic(), model.training
     model.eval()
     try:
-        out = {f"eval_{h.name}_{k}": v for h in held_outs for k, v in evaluate_source(model, h, batch_size).items()}
+        out = {f"eval_{h.name}_{k}": v for h in held_outs
+               for k, v in evaluate_source(model, h, batch_size, precision).items()}
     finally:
         model.train(was_training)
     out["eval_seconds"] = round(time.monotonic() - start, 3)

@@ -33,12 +33,15 @@ class MediaPass(Protocol):
 
 
 class LocalPass:
-    """`MediaPass` in this process: the source's rows (already read) decoded here, `batch_size` at a time."""
+    """`MediaPass` in this process: the source's rows (already read) decoded here, `batch_size` at a time, the
+    model run at `precision` (`omnivl.eval.inference`)."""
 
-    def __init__(self, decode: DecodeConfig, export: str, batch_size: int = 32, device: str = "cpu") -> None:
+    def __init__(self, decode: DecodeConfig, export: str, batch_size: int = 32, device: str = "cpu",
+                 precision: str = "fp32") -> None:
         from omnivl.data.badinput import BadInputLedger
 
         self.decode, self.export, self.batch_size, self.device = decode, export, batch_size, device
+        self.precision = precision
         self.ledger = BadInputLedger()
 
     @property
@@ -62,7 +65,8 @@ class LocalPass:
               keep_tokens: bool = False) -> Embedded:
         def batches():
             for batch in self.decoded(source):
-                out = inference.embed_batch(self.model, batch, source.modality, keep_tokens=keep_tokens)
+                out = inference.embed_batch(self.model, batch, source.modality, keep_tokens=keep_tokens,
+                                            precision=self.precision)
                 if caption is not None:
                     out["generated"] = self._generate(batch, source, caption, answer=False)["generated"]
                 yield out
@@ -78,7 +82,8 @@ class LocalPass:
 
     def _generate(self, batch: dict, source: EvalSource, settings: GenerationSettings, answer: bool) -> dict:
         tokenizer = load_driver_tokenizer(self.decode.tokenizer)
-        return inference.generate_batch(self.model, batch, source.modality, tokenizer, settings, answer)
+        return inference.generate_batch(self.model, batch, source.modality, tokenizer, settings, answer,
+                                        self.precision)
 
     def bad_input(self) -> dict:
         return self.ledger.summary()

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
 from omnivl.spec.base import Config
+from omnivl.spec.precision import Precision, fp16_on_gpu, precision_field
+
+# What gives a model replica a GPU: a share of one from Ray, and a device setting that takes it.
+REPLICA_GPU = "gpus_per_replica > 0 and device auto or cuda"
+ReplicaPrecision = Annotated[Precision, fp16_on_gpu(
+    REPLICA_GPU, lambda fields: fields.get("gpus_per_replica", 0) > 0 and fields.get("device") in ("auto", "cuda"))]
 
 
 class BatchingConfig(Config):
@@ -79,6 +85,7 @@ class ServeAppConfig(Config):
     max_ongoing_requests: int = Field(default=32, ge=1)
     cpus_per_replica: float = Field(default=1.0, gt=0)
     gpus_per_replica: float = Field(default=0.0, ge=0)
+    precision: ReplicaPrecision = precision_field(REPLICA_GPU)  # after device and gpus_per_replica: it reads them
     limits: LimitsConfig = LimitsConfig()
     auth: AuthConfig = AuthConfig()
     gallery_manifest: str | None = Field(default=None, description="manifest indexed at startup for /v1/search")

@@ -4,13 +4,15 @@ Legend: N items, E embedding dim, L text length, P prompt length.
 
 Each `run_*` function takes the calls of one dynamic batch (a list, one entry per HTTP request, each holding
 that request's items as numpy arrays), concatenates what can share a forward pass, runs the model once per
-group and returns one result per call, in order. The Ray Serve replica feeds them through a `Batcher` (one per
-operation) and runs `warm_up` before it reports ready; tests call them directly.
+group and returns one result per call, in order, under the checkpoint's `precision` (an autocast: weights stay
+fp32, results are float32). The Ray Serve replica feeds them through a `Batcher` (one per operation) and runs
+`warm_up` before it reports ready; the Python API (`omnivl.load`) and tests call them directly.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -20,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from omnivl.models.precision import autocast
 from omnivl.serving.media import Geometry
 
 
@@ -31,6 +34,7 @@ class LoadedModel:
     model_config: dict
     arch: dict
     device: str
+    precision: str = "fp32"  # fp32 | bf16 | fp16: the autocast of every run_* call (omnivl.models.precision)
     gallery: Any = None  # omnivl.serving.gallery.GalleryIndex | None
 
     @property
@@ -74,14 +78,14 @@ def pick_device(preference: str) -> str:
     return preference
 
 
-def load_checkpoint(model_id: str, uri: str, device: str) -> LoadedModel:
-    """The export at `uri` in eval mode on `device`. Safetensors only (`load_export`): no pickle is executed.
-    Raises FileNotFoundError / RuntimeError from the loader."""
+def load_checkpoint(model_id: str, uri: str, device: str, precision: str = "fp32") -> LoadedModel:
+    """The export at `uri` in eval mode on `device`, run at `precision` by every `run_*`. Safetensors only
+    (`load_export`): no pickle is executed. Raises FileNotFoundError / RuntimeError from the loader."""
     from omnivl.models.export import load_export, read_export_config
 
     cfg, arch = read_export_config(uri)
     model = load_export(uri, device)
-    return LoadedModel(model_id, uri, model, cfg.to_dict(), arch.to_dict(), device)
+    return LoadedModel(model_id, uri, model, cfg.to_dict(), arch.to_dict(), device, precision)
 
 
 def _groups(keys: list) -> dict[Any, list[int]]:
@@ -99,7 +103,18 @@ def _t(a: np.ndarray, device: str) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
-@torch.inference_mode()
+def _model_op(run: Callable[[LoadedModel, list], list]) -> Callable[[LoadedModel, list], list]:
+    """`run(lm, calls)` without autograd and under `lm.precision`'s autocast: every operation, warm-up included."""
+
+    @functools.wraps(run)
+    def wrapped(lm: LoadedModel, calls: list) -> list:
+        with torch.inference_mode(), autocast(lm.device, lm.precision):
+            return run(lm, calls)
+
+    return wrapped
+
+
+@_model_op
 def run_visual(lm: LoadedModel, calls: list[VisualCall]) -> list[np.ndarray]:
     """One float32 [N_i, E] per call: L2-normalized visual embeddings, one forward pass per modality."""
     out: list[np.ndarray | None] = [None] * len(calls)
@@ -111,7 +126,7 @@ def run_visual(lm: LoadedModel, calls: list[VisualCall]) -> list[np.ndarray]:
     return out
 
 
-@torch.inference_mode()
+@_model_op
 def run_text(lm: LoadedModel, calls: list[TextCall]) -> list[np.ndarray]:
     """One float32 [N_i, E] per call: L2-normalized text embeddings (all calls share L: the server's length)."""
     ids = np.concatenate([c.ids for c in calls])
@@ -120,7 +135,7 @@ def run_text(lm: LoadedModel, calls: list[TextCall]) -> list[np.ndarray]:
     return _split(emb, [len(c.ids) for c in calls])
 
 
-@torch.inference_mode()
+@_model_op
 def run_match(lm: LoadedModel, calls: list[MatchCall]) -> list[np.ndarray]:
     """One float32 [N_i] per call: P(text matches media) from the alignment decoder's head."""
     out: list[np.ndarray | None] = [None] * len(calls)
@@ -132,7 +147,7 @@ def run_match(lm: LoadedModel, calls: list[MatchCall]) -> list[np.ndarray]:
     return out
 
 
-@torch.inference_mode()
+@_model_op
 def run_generate(lm: LoadedModel, calls: list[GenerateCall]) -> list[list[list[int]]]:
     """One list of token-id lists per call (after the prompt, before [EOS]); calls sharing modality and
     decoding options share one `generate` (prompts of different lengths are grouped inside it)."""
