@@ -55,6 +55,22 @@ def test_round_trip_into_a_fresh_model_and_optimizer(tmp_path):
     assert all(torch.equal(got[i]["exp_avg"], want[i]["exp_avg"]) for i in want)
 
 
+def test_parameters_without_optimizer_state_stay_without_it(tmp_path):
+    """A parameter that never had a gradient (temporal attention in an image-only stage) has no AdamW state in
+    the checkpoint; after loading it still has none, so its first update is AdamW's first step."""
+    model, opt = trained(1)
+    model.unused = nn.Linear(2, 2)
+    opt.add_param_group({"params": model.unused.parameters()})
+    writer = ck.CheckpointWriter(str(tmp_path), 0, "image")
+    writer.save(1, task_state(model, opt), {"step": 1}, final=False)
+    fresh, fresh_opt = trained(2)
+    fresh.unused = nn.Linear(2, 2)
+    fresh_opt.add_param_group({"params": fresh.unused.parameters()})
+    ck.latest_good(str(tmp_path), 0, "image", loader(fresh, fresh_opt))
+    assert fresh.lin.weight in fresh_opt.state and fresh.unused.weight not in fresh_opt.state
+    assert float(fresh_opt.state[fresh.lin.weight]["step"]) == 1.0
+
+
 def test_partial_checkpoint_is_ignored(tmp_path):
     run = str(tmp_path)
     save(run, 10)

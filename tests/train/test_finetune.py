@@ -117,7 +117,7 @@ def test_interrupted_retrieval_finetune_resumes_and_beats_the_pretrained_model(r
     summary = finetune(job)  # the same spec again: continues from step 20, not from the pretrained export
     steps = [r["step"] for r in read_records(run / METRICS_FILE)]
     assert steps == list(range(1, 30)) + list(range(21, 61))  # step 30 ran, but the worker died before logging it
-    state = ck.load(ck.final_of(str(run), 0, "ft"))
+    state = ck.read_full(ck.final_of(str(run), 0, "ft"))
     assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {60.0}
     assert summary["init"] == pretrained["export"]
     for name in ("plots/ft.png", "export/model.safetensors", "eval/report.md"):  # the pretraining run layout

@@ -6,7 +6,9 @@ import json
 import pytest
 import torch
 
-from omnivl.cluster.training import load_task_state, stage_classes
+from omnivl.train import checkpoint as ck
+from omnivl.train.runner import load_into, task_state
+from omnivl.train.stages import stage_classes
 from omnivl.models.config import ModelConfig
 from omnivl.spec import validate_spec
 from omnivl.tasks import build_task
@@ -33,27 +35,35 @@ def test_stage_classes_are_the_label_names_as_the_data_plane_sees_them(tmp_path)
     assert stage_classes(_job(tmp_path), 0) == ["circle", "moving left", "moving right", "square"]
 
 
+def save_task(run_dir, task, state=None):
+    """A final checkpoint of stage 0 holding `state` (default: the task's whole state)."""
+    writer = ck.CheckpointWriter(str(run_dir), 0, "warm")
+    return writer.save(2, state or task_state(task), {"step": 2}, final=True)
+
+
 def test_head_is_kept_on_resume_and_dropped_by_the_next_stage(tmp_path):
     torch.manual_seed(0)
     warm = build_task(ModelConfig(queue_size=0), {"cls": 1.0}, load_pretrained=False, classes=["a", "b"])
     with torch.no_grad():
         warm.classifier.weight.fill_(0.5)
         warm.model.vision_proj.weight.fill_(0.25)
-    state = warm.state_dict()
+    ref = save_task(tmp_path / "run", warm)
 
     torch.manual_seed(1)
     resumed = build_task(ModelConfig(queue_size=0), {"cls": 1.0}, load_pretrained=False, classes=["a", "b"])
-    load_task_state(resumed, state, with_head=True)
+    load_into(resumed, None, ref, with_head=True)
     assert torch.all(resumed.classifier.weight == 0.5)
 
     torch.manual_seed(1)
     following = build_task(ModelConfig(queue_size=0), load_pretrained=False)  # the next stage: no head
-    load_task_state(following, state, with_head=False)
+    load_into(following, None, ref, with_head=False)
     assert following.classifier is None and torch.all(following.model.vision_proj.weight == 0.25)
 
-    broken = {k: v for k, v in state.items() if not k.startswith("model.text_proj")}
-    with pytest.raises(RuntimeError, match="text_proj"):
-        load_task_state(following, broken, with_head=False)
+    state = task_state(warm)
+    state["task"] = {k: v for k, v in state["task"].items() if not k.startswith("model.text_proj")}
+    broken = save_task(tmp_path / "broken", warm, state)
+    with pytest.raises(ValueError, match="text_proj"):
+        load_into(following, None, broken, with_head=False)
 
 
 def test_progress_line_shows_the_warm_up_term_only_where_a_stage_trains_it():

@@ -57,14 +57,17 @@ def timed_loop(task, batches: dict, steps: int, warmup: int, model=None) -> floa
     from omnivl.train.loop import build_optimizer, train_step
 
     model = model or task
+    from omnivl.train.parallel import Precision
+
     opt = build_optimizer(task, OptimizerConfig())
-    device = torch.device("cpu")
+    precision = Precision.of("auto", torch.device("cpu"))
+    task.momentum_in_forward = False
     start = None
     for step in range(warmup + steps):
         if step == warmup:
             start = time.perf_counter()
         modality = "image" if step % 2 == 0 else "video"
-        train_step(model, opt, [batches[modality]], modality, grad_clip=1.0, device=device)
+        train_step(model, opt, [batches[modality]], modality, grad_clip=1.0, precision=precision, task=task)
     return steps / (time.perf_counter() - start)
 
 
@@ -88,8 +91,12 @@ def _ray_worker(config: dict) -> float:
     torch.set_num_threads(config["threads"])
     torch.manual_seed(0)
     batches = ray.get(config["batches"])
+    from omnivl.train.parallel import Precision, parallelize
+
     task = build_task(ModelConfig.model_validate(config["model"]))
-    model = ray.train.torch.prepare_model(task, parallel_strategy_kwargs={"find_unused_parameters": True})
+    device = ray.train.torch.get_device()
+    model = parallelize(task.to(device), "ddp", ray.train.get_context().get_world_size(), device,
+                        Precision.of("auto", device))
     return timed_loop(task, batches, config["steps"], config["warmup"], model=model)
 
 

@@ -203,14 +203,28 @@ def list_checkpoints(run_dir: str, stage_index: int, stage: str) -> list[Checkpo
 
 def load_state(ref: CheckpointRef, state: dict[str, Any]) -> None:
     """Fill `state` (templates: state dicts of the task, optimizer... as this run holds them, sharded or not) in
-    place from the checkpoint, resharding as needed. Raises ValueError naming the checkpoint if it is damaged."""
+    place from the checkpoint, resharding as needed. Optimizer state of parameters the checkpoint has none for
+    (they never had a gradient, e.g. temporal attention in an image-only stage) is dropped from the template:
+    they start fresh, as they would have without the interruption. Raises ValueError naming the checkpoint if it
+    is damaged or does not fit."""
     from torch.distributed import checkpoint as dcp
 
     try:
         with _readable(ref.uri) as local:
-            dcp.load(state, storage_reader=dcp.FileSystemReader(str(local / STATE_DIR)), no_dist=not _distributed())
+            reader = dcp.FileSystemReader(str(local / STATE_DIR))
+            _drop_unsaved_optimizer_state(state, set(reader.read_metadata().state_dict_metadata))
+            dcp.load(state, storage_reader=reader, no_dist=not _distributed())
     except (Exception, CheckpointException) as exc:  # a truncated shard, a missing file, bad metadata: "damaged"
         raise ValueError(f"checkpoint {ref.uri} is damaged: {type(exc).__name__}: {exc}") from exc
+
+
+def _drop_unsaved_optimizer_state(state: dict[str, Any], saved_keys: set[str]) -> None:
+    per_param = state.get("optimizer", {}).get("state")
+    if not per_param:
+        return
+    saved = {key.rsplit(".", 1)[0] for key in saved_keys if key.startswith("optimizer.state.")}
+    for fqn in [fqn for fqn in per_param if f"optimizer.state.{fqn}" not in saved]:
+        del per_param[fqn]
 
 
 def load_train_state(ref: CheckpointRef) -> dict[str, Any]:

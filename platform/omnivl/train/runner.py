@@ -205,16 +205,16 @@ def task_state(task, optimizer=None, *, with_head: bool = True) -> dict:
 def load_into(task, optimizer, ref: ck.CheckpointRef, *, with_head: bool) -> None:
     """Load a checkpoint's task state (and optimizer state, when `optimizer` is given) into this run's task,
     resharding onto its workers. Raises ValueError if the checkpoint is damaged or does not fit."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict, set_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions, set_model_state_dict, set_optimizer_state_dict,
+    )
 
     state = task_state(task, optimizer, with_head=with_head)
     ck.load_state(ref, state)
-    options = StateDictOptions(strict=with_head)
-    if optimizer is None:
-        set_model_state_dict(task, state["task"], options=options)
-    else:
-        set_state_dict(task, optimizer, model_state_dict=state["task"], optim_state_dict=state["optimizer"],
-                       options=options)
+    set_model_state_dict(task, state["task"], options=StateDictOptions(strict=with_head))
+    if optimizer is not None:
+        # not strict: parameters that never had a gradient have no state to load (see `ck.load_state`)
+        set_optimizer_state_dict(task, optimizer, state["optimizer"], options=StateDictOptions(strict=False))
 
 
 def resume(plan: StagePlan, env: WorkerEnv, task, optimizer, warn) -> Resumed:
