@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from omnivl.spec.base import Config
+from omnivl.spec.precision import fp16_on_gpu
 
 
 class ModalityBatch(Config):
@@ -68,21 +69,24 @@ class StageConfig(Config):
 
 
 Parallelism = Literal["ddp", "fsdp"]
-TrainPrecision = Literal["auto", "fp32", "bf16", "fp16"]
+# fp16 needs a GPU, as for inference (omnivl.spec.precision)
+TrainPrecision = Annotated[Literal["auto", "fp32", "bf16", "fp16"],
+                           fp16_on_gpu("use_gpu: true", lambda fields: fields.get("use_gpu") is True)]
 
 
 class ScalingSpec(Config):
     """Ray Train workers (a fixed count, or an elastic [min, max] range) and how each runs the model."""
 
     num_workers: int | tuple[int, int] = 1
+    use_gpu: bool = False
     parallelism: Parallelism = Field(
         default="ddp", description="ddp: every worker holds the whole model; fsdp: parameters, gradients and "
         "optimizer state sharded over the workers (FSDP2, one unit per transformer block)")
     precision: TrainPrecision = Field(
-        default="auto", description="autocast dtype of forward/backward (weights stay fp32); auto: bf16 on GPUs, "
-        "fp32 on CPUs; fp16 adds a gradient scaler")
-    compile: bool = Field(default=False, description="torch.compile the encoders and decoders (each block)")
-    use_gpu: bool = False
+        default="auto", description="autocast dtype of forward/backward (weights and optimizer state stay fp32); "
+        "auto: bf16 on GPUs, fp32 on CPUs; fp16 (GPUs only) adds a gradient scaler")
+    compile: bool = Field(default=False, description="torch.compile each transformer block of the encoders and "
+                          "decoders (the first steps of each modality take longer: they compile)")
     cpus_per_worker: float = Field(default=1.0, gt=0)
     gpus_per_worker: float = Field(default=1.0, ge=0)
     worker_label: dict[str, str] | None = Field(

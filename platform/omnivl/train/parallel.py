@@ -41,9 +41,15 @@ class Precision:
     scaler: Any = None
 
     @classmethod
-    def of(cls, precision: str, device: torch.device) -> "Precision":
+    def of(cls, precision: str, device: torch.device, sharded: bool = False) -> "Precision":
+        """`sharded`: gradients are FSDP shards, so an overflow found on one rank must skip the step on all
+        (the sharded scaler all-reduces it)."""
         name = resolve_precision(precision, device)
-        scaler = torch.amp.GradScaler(device.type) if name == "fp16" else None
+        scaler = None
+        if name == "fp16":
+            from torch.distributed.fsdp.sharded_grad_scaler import ShardedGradScaler
+
+            scaler = ShardedGradScaler(device.type) if sharded else torch.amp.GradScaler(device.type)
         return cls(name, device, scaler)
 
     def autocast(self):

@@ -92,7 +92,8 @@ def run_stage(plan: StagePlan, env: WorkerEnv) -> dict:
     """Train stage `plan.stage_index` to its last step on this worker; every rank takes identical schedule
     decisions and makes the same collective calls. Returns the stage summary (rank 0's is the one kept)."""
     run_log = RunLog(env.sinks if env.rank == 0 else [])
-    precision = Precision.of(plan.scaling.precision, env.device)
+    precision = Precision.of(plan.scaling.precision, env.device,
+                             sharded=plan.scaling.parallelism == "fsdp" and env.world > 1)
     task = build_stage_task(plan, env.device, env.world)
     model = parallelize(task, plan.scaling.parallelism, env.world, env.device, precision, plan.scaling.compile)
     optimizer = build_optimizer(task, plan.stage.optimizer)
