@@ -91,8 +91,8 @@ def test_interrupted_job_rerun_continues_and_skips_damaged_checkpoint(ray_local,
     open(damaged, "wb").write(data[: len(data) // 3])
 
     run_job(job)  # the same spec again
-    # step 8 ran but the process died before logging it; the re-run resumed from step 3
-    assert logged_steps(run) == [1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7, 8, 9, 10]
+    # rank 1 died in step 8 (rank 0 logged it); the re-run resumed from step 3
+    assert logged_steps(run) == [1, 2, 3, 4, 5, 6, 7, 8, 4, 5, 6, 7, 8, 9, 10]
     state = final_state(run)
     assert state["train_state"]["step"] == 10
     # optimizer, queues and their pointers continued from step 3 rather than from scratch
