@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import boto3
 import pytest
+import torch
 
 from omnivl import storage
 from omnivl.train import checkpoint as ck
@@ -23,7 +24,8 @@ def test_a_typo_in_a_bucket_name_is_an_error_not_a_new_bucket(s3_bucket, tmp_pat
     with pytest.raises(storage.MissingBucketError, match=typo):
         storage.upload_dir(tmp_path / "d", f"{typo}/d")
     with pytest.raises(storage.MissingBucketError, match=typo):  # a checkpoint fails before any object is written
-        ck.save(f"{typo}/run", 0, "image", 1, {"step": 1})
+        ck.CheckpointWriter(f"{typo}/run", 0, "image").save(1, {"task": {"w": torch.zeros(1)}}, {"step": 1},
+                                                            final=False)
     assert name not in _buckets()
     # the real bucket still takes writes
     storage.write_bytes(f"{s3_bucket}/out/metrics.json", b"{}")

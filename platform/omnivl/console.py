@@ -160,7 +160,7 @@ class Console:
             self.say(f"stage {name!r}: resumed from {resumed_from} at step {start_step}")
 
     def step_record(self, record: dict) -> None:
-        """A training step's record (`omnivl.cluster.training.make_record`)."""
+        """A training step's record (`omnivl.train.runner.make_record`)."""
         with self._lock:
             name = record["stage"]
             stage = self.stages.get(name)

@@ -482,7 +482,7 @@ def checkpoint_at_world_size(run: Path, world_size: int) -> int | None:
 
     for ref in reversed(ck.list_checkpoints(str(run), 0, "image")):
         try:
-            if ck.load(ref)["world_size"] == world_size:
+            if ck.load_train_state(ref)["world_size"] == world_size:
                 return ref.step
         except (OSError, ValueError, KeyError):  # pruned (keep_last) while we read it: "damaged"
             continue

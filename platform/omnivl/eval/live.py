@@ -1,7 +1,7 @@
 """Evaluation during training (open_clip's `--zeroshot-frequency`): a few held-out rows per source, decoded
 once per stage, scored with the current model every `eval_during_training.every_steps` steps. Plain Python and
-torch, no Ray: `omnivl.cluster.training` decodes on the driver (`decode_held_out`) and evaluates on rank 0
-(`evaluate`).
+torch, no Ray: `omnivl.cluster.train_data` decodes on the driver (`decode_held_out`) and the worker's runner
+(`omnivl.train.runner.HeldOutEvaluator`) evaluates on rank 0 (`evaluate`).
 
 Metrics per source (keys of the returned dict, all percentages, each with `<key>_chance`):
   text sources   t2i_r1 / i2t_r1 (images) or t2v_r1 / v2t_r1 (videos): retrieval R@1 text->visual and

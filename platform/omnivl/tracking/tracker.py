@@ -71,7 +71,7 @@ class Tracker:
     # --- what is logged -----------------------------------------------------------------------------------
 
     def log(self, record: dict) -> None:
-        """RunLog sink: a step record (`omnivl.cluster.training.make_record`) at its global step."""
+        """RunLog sink: a step record (`omnivl.train.runner.make_record`) at its global step."""
         step = global_step(self.step_offset, record["step"])
         self.log_metrics(step_metrics(record), step, timestamp=record.get("time"))
 

@@ -130,6 +130,8 @@ class CheckpointWriter:
     def save(self, step: int, state: dict[str, Any], train_state: dict[str, Any], *, final: bool) -> CheckpointRef:
         """Write `state` (a dict of state dicts: DTensors, tensors) sharded by DCP and rank 0's `train_state`."""
         self.finish()
+        if storage.is_s3(self.run_dir):
+            storage.require_bucket(self.run_dir)  # before any shard is written
         ref = CheckpointRef(step_uri(self.run_dir, self.stage_index, self.stage, step), self.stage_index, self.stage,
                             step, final)
         local = _local_dir(ref.uri)

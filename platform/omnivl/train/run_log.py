@@ -19,7 +19,7 @@ class RunLog:
         self.sinks: list[Sink] = list(sinks or [])
 
     def record(self, record: dict) -> None:
-        """One step's record (`omnivl.cluster.training.make_record`), or an evaluation record."""
+        """One step's record (`omnivl.train.runner.make_record`), or an evaluation record."""
         for sink in self.sinks:
             sink.log(record)
 
