@@ -7,6 +7,7 @@ Everything started here is stopped here; nothing else on the machine is touched.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -60,7 +61,8 @@ def s3_bucket(s3_server, request):
     """A fresh bucket for one test; yields its s3:// URI."""
     import boto3
 
-    name = "t-" + request.node.name.lower().replace("_", "-")[:40].strip("-") + f"-{os.getpid()}"
+    test = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower())  # parametrized ids hold brackets
+    name = "t-" + test[:40].strip("-") + f"-{os.getpid()}"
     boto3.client("s3").create_bucket(Bucket=name)
     yield f"s3://{name}"
 

@@ -33,6 +33,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
+from omnivl.cluster.runtime import on_driver_node
 from omnivl.data.badinput import BadInputError, BadInputLedger
 from omnivl.data.config import DEFAULT_WINDOW_ROWS, DecodeConfig, SourceConfig
 from omnivl.data.manifest import media_exts, parent_of, read_chunk
@@ -156,7 +157,8 @@ def ledger_actor(name: str = DEFAULT_LEDGER):
     context = ray.get_runtime_context()
     key = (context.get_node_id(), context.get_job_id(), name)
     if key not in _HANDLES:
-        _HANDLES[key] = DataLedger.options(name=name, namespace=NAMESPACE, get_if_exists=True).remote()
+        _HANDLES[key] = DataLedger.options(name=name, namespace=NAMESPACE, get_if_exists=True,
+                                           scheduling_strategy=on_driver_node()).remote()
     return _HANDLES[key]
 
 

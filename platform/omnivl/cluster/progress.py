@@ -58,7 +58,9 @@ class ProgressFeed:
     to the active console until the block ends (one last drain then)."""
 
     def __init__(self) -> None:
-        self.channel = _channel_class().remote()
+        from omnivl.cluster.runtime import on_driver_node
+
+        self.channel = _channel_class().options(scheduling_strategy=on_driver_node()).remote()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True, name="omnivl-progress")
 

@@ -60,3 +60,13 @@ def ray_session(address: str | None = None, num_cpus: int | None = None, dashboa
             os.environ.pop("RAY_AUTH_MODE", None)
         else:
             os.environ["RAY_AUTH_MODE"] = saved_auth_mode
+
+
+def on_driver_node():
+    """A scheduling strategy that keeps an actor on the driver's node: a small coordination actor (the data
+    ledger, the progress channel) must not land on a worker node that an autoscaler or a failure can take away,
+    or the job dies with it."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
