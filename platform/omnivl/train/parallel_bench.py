@@ -4,7 +4,8 @@ Each parallelism runs in its own group of `workers` processes (gloo on CPU, NCCL
 them up), on the same model, batch sizes and pre-made batches, through the same `train_step` as training:
 - steps/s and samples/s per worker, for image steps and video steps separately;
 - bytes this worker holds of parameters, gradients and optimizer state (what FSDP shards), and peak memory
-  (GPU: max allocated; CPU: the process's peak RSS, which includes the Python runtime and activations);
+  (GPU: max allocated; CPU: the process's peak RSS, which includes the Python runtime, activations and the
+  whole task each worker builds before it is sharded) and the RSS after the timed steps;
 - on GPUs, model FLOPs utilization: the FLOPs of a step (counted by `torch.utils.flop_counter` on one step of
   each modality) per second, over the device's peak for the precision.
 Batches are random pixels and tokens of the real shapes: this measures the model, not the data pipeline (the
@@ -72,6 +73,12 @@ def _step_flops(model, optimizer, batch, modality, precision, task) -> int:
     return int(counter.get_total_flops())
 
 
+def current_rss() -> int:
+    """This process's resident memory now (after the timed steps), in bytes."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * resource.getpagesize()
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -115,10 +122,10 @@ def measure(rank: int, world: int, cfg: ParallelBenchConfig, parallelism: str, d
         seconds[m] += time.perf_counter() - start
         counts[m] += 1
     peak = peak_flops(device, precision.name)
-    out = {"rank": rank, "state_bytes": state_bytes(task, optimizer),
+    out = {"rank": rank, "state_bytes": state_bytes(task, optimizer), "precision": precision.name,
            "peak_memory_bytes": (torch.cuda.max_memory_allocated(device) if device.type == "cuda"
                                  else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024),
-           "precision": precision.name}
+           "rss_bytes": current_rss()}
     for m in seconds:
         per_step = seconds[m] / max(counts[m], 1)
         out[m] = {"steps_per_s": 1 / per_step, "samples_per_s": per_rank[m] / per_step,
@@ -173,13 +180,14 @@ def _mib(n: float) -> str:
 
 def table(figures: dict[str, list[dict]]) -> list[str]:
     lines = [f"  {'':<5} {'state MiB/worker':>17} {'(params':>8} {'grads':>8} {'optim)':>8} {'peak MiB':>9} "
-             f"{'img steps/s':>11} {'vid steps/s':>11} {'img MFU':>8} {'vid MFU':>8}"]
+             f"{'RSS MiB':>9} {'img steps/s':>11} {'vid steps/s':>11} {'img MFU':>8} {'vid MFU':>8}"]
     for p, workers in figures.items():
         w = max(workers, key=lambda r: r["state_bytes"]["total"])  # the worker holding most
         sb = w["state_bytes"]
         mfu = lambda m: f"{100 * w[m]['mfu']:7.1f}%" if w[m]["mfu"] is not None else "     n/a"
         lines.append(f"  {p:<5} {_mib(sb['total']):>17} {_mib(sb['params']):>8} {_mib(sb['grads']):>8} "
                      f"{_mib(sb['optimizer']):>8} {_mib(max(r['peak_memory_bytes'] for r in workers))} "
+                     f"{_mib(max(r['rss_bytes'] for r in workers))} "
                      f"{w['image']['steps_per_s']:11.2f} {w['video']['steps_per_s']:11.2f} {mfu('image')} {mfu('video')}")
     return lines
 
