@@ -180,7 +180,7 @@ def _step_record(step):
 def test_eval_records_are_not_step_records(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 
-    from omnivl.cluster.training import dedupe
+    from omnivl.train.stages import dedupe
     from omnivl.train.metrics import is_eval, plot_curves, step_records
 
     records = [_step_record(s) for s in range(1, 5)] + [_eval_record(4)] + [_step_record(4), _eval_record(4)]

@@ -1,8 +1,8 @@
 """Pretraining on Ray Train (embedded cluster, CPU workers, gloo), with DDP and with FSDP: resume after a
 killed worker, re-run after an interruption (on the same, more or fewer workers), fallback past a damaged
-checkpoint, checkpoints and export on s3://."""
+checkpoint, checkpoints and export on s3://. The interrupted runs are made once per parallelism and
+copied by the tests that resume them (each Ray Train run costs about a minute here)."""
 
-import json
 import os
 
 import pytest
@@ -71,16 +71,43 @@ def test_killed_worker_is_replaced_and_training_resumes(ray_local, corpus, tmp_p
     assert len(dedupe([{"stage": "image", "step": s} for s in logged_steps(run)])) == 10
 
 
-@pytest.mark.parametrize("parallelism", PARALLELISM)
-def test_interrupted_job_rerun_continues_and_skips_damaged_checkpoint(ray_local, corpus, tmp_path, capfd,
-                                                                       parallelism):
+INTERRUPTED_STEPS, INTERRUPTED_BATCH = 10, 12  # 12 splits over 1, 2 and 3 workers
+_INTERRUPTED: dict[str, object] = {}
+
+
+@pytest.fixture
+def interrupted(ray_local, corpus, tmp_path_factory):
+    """`interrupted(parallelism)`: a run directory where 2 workers trained a 10-step stage with checkpoints at
+    steps 3 and 6, and then stopped: rank 1 died in step 8 and retries were off. Made once per parallelism
+    (every test copies it): the runs that resume it are what the tests compare."""
     from ray.train import TrainingFailedError
 
-    run = tmp_path / "run"
-    job = spec(corpus, run, steps=10, every=3, max_failures=0, inject_failure_at_step=8, workers=2,
-               parallelism=parallelism)
-    with pytest.raises(TrainingFailedError):
-        run_job(job)  # interrupted: no retries allowed
+    def make(parallelism: str):
+        if parallelism not in _INTERRUPTED:
+            run = tmp_path_factory.mktemp(f"interrupted-{parallelism}") / "run"
+            with pytest.raises(TrainingFailedError):
+                run_job(interrupted_spec(corpus, run, 2, parallelism))  # no retries allowed
+            _INTERRUPTED[parallelism] = run
+        return _INTERRUPTED[parallelism]
+
+    return make
+
+
+def interrupted_spec(corpus, out, workers, parallelism="fsdp"):
+    return spec(corpus, out, steps=INTERRUPTED_STEPS, every=3, workers=workers, parallelism=parallelism,
+                image_batch=INTERRUPTED_BATCH, max_failures=0, inject_failure_at_step=8)
+
+
+def copy_run(src, dst):
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+@pytest.mark.parametrize("parallelism", PARALLELISM)
+def test_interrupted_job_rerun_continues_and_skips_damaged_checkpoint(interrupted, corpus, tmp_path, parallelism):
+    run = copy_run(interrupted(parallelism), tmp_path / "run")
     assert [r.step for r in ck.list_checkpoints(str(run), 0, "image")] == [3, 6]
     at6 = ck.read_full(ck.list_checkpoints(str(run), 0, "image")[-1])["train_state"]
 
@@ -90,7 +117,7 @@ def test_interrupted_job_rerun_continues_and_skips_damaged_checkpoint(ray_local,
     data = open(damaged, "rb").read()
     open(damaged, "wb").write(data[: len(data) // 3])
 
-    run_job(job)  # the same spec again
+    run_job(interrupted_spec(corpus, run, 2, parallelism))  # the same spec again
     # rank 1 died in step 8 (rank 0 logged it); the re-run resumed from step 3
     assert logged_steps(run) == [1, 2, 3, 4, 5, 6, 7, 8, 4, 5, 6, 7, 8, 9, 10]
     state = final_state(run)
@@ -99,39 +126,30 @@ def test_interrupted_job_rerun_continues_and_skips_damaged_checkpoint(ray_local,
     adam_steps = {float(s["step"]) for s in state["optimizer"]["state"].values()}
     assert max(adam_steps) == 10.0  # parameters an image step never uses (temporal attention) have no state
     fill = int(state["task"]["vlc.queues.shared.filled"])
-    assert fill == 10 * 8  # 10 steps x global batch 8 enqueued; a fresh start would give 7 x 8
+    assert fill == 10 * INTERRUPTED_BATCH  # 10 steps x global batch enqueued; a fresh start would give 7 x 12
     assert at6["step"] == 6
 
 
 @pytest.mark.parametrize("workers", [3, 1])
-def test_stopped_on_two_workers_resumes_on_another_count(ray_local, corpus, tmp_path, workers):
+def test_stopped_on_two_workers_resumes_on_another_count(interrupted, corpus, tmp_path, workers):
     """What an autoscaling cluster does to an elastic job: saved by 2 FSDP workers, resumed by 3 or by 1. The
     global batch (12) and the LR schedule stay as written; optimizer, momentum encoders and queues continue."""
-    import shutil
-
-    from ray.train import TrainingFailedError
-
     from omnivl.train.schedule import lr_at
 
-    first = tmp_path / "first"
-    job = lambda out, n: spec(corpus, out, steps=8, every=3, workers=n, parallelism="fsdp", image_batch=12,
-                              max_failures=0, inject_failure_at_step=5)
-    with pytest.raises(TrainingFailedError):
-        run_job(job(first, 2))
-    run = tmp_path / "run"
-    shutil.copytree(first, run)
-    run_job(job(run, workers))
+    run = copy_run(interrupted("fsdp"), tmp_path / "run")
+    job = interrupted_spec(corpus, run, workers)
+    run_job(job)
     records = step_records(run)
-    before, after = records[:5], records[5:]  # rank 1 died in step 5 (rank 0 logged it), the checkpoint is at 3
-    assert [r["step"] for r in before] == [1, 2, 3, 4, 5] and {r["world_size"] for r in before} == {2}
-    assert [r["step"] for r in after] == [4, 5, 6, 7, 8] and {r["world_size"] for r in after} == {workers}
-    optimizer = job(run, workers).stages[0].optimizer
-    assert all(r["lr"] == pytest.approx(lr_at(r["step"] - 1, 8, optimizer)) for r in after)
-    assert after[0]["loss"] == pytest.approx(before[3]["loss"], rel=0.25)  # step 4 again, on other rows
+    before, after = records[:8], records[8:]  # rank 1 died in step 8 (rank 0 logged it), the checkpoint is at 6
+    assert [r["step"] for r in before] == list(range(1, 9)) and {r["world_size"] for r in before} == {2}
+    assert [r["step"] for r in after] == [7, 8, 9, 10] and {r["world_size"] for r in after} == {workers}
+    assert all(r["lr"] == pytest.approx(lr_at(r["step"] - 1, INTERRUPTED_STEPS, job.stages[0].optimizer))
+               for r in after)
+    assert after[0]["loss"] == pytest.approx(before[6]["loss"], rel=0.25)  # step 7 again, on other rows
     state = final_state(run)
-    assert state["train_state"]["step"] == 8 and state["train_state"]["world_size"] == workers
-    assert int(state["task"]["vlc.queues.shared.filled"]) == min(8 * 12, int(state["task"]["vlc.queues.shared.labels_M"].numel()))
-    assert max(float(s["step"]) for s in state["optimizer"]["state"].values()) == 8.0
+    assert state["train_state"]["step"] == INTERRUPTED_STEPS and state["train_state"]["world_size"] == workers
+    assert int(state["task"]["vlc.queues.shared.filled"]) == INTERRUPTED_STEPS * INTERRUPTED_BATCH
+    assert max(float(s["step"]) for s in state["optimizer"]["state"].values()) == INTERRUPTED_STEPS
 
 
 def test_stage_two_starts_only_from_a_final_stage_one(ray_local, corpus, tmp_path):
@@ -144,11 +162,12 @@ def test_stage_two_starts_only_from_a_final_stage_one(ray_local, corpus, tmp_pat
         starting_point(job, 1, str(run))
 
 
-@pytest.mark.parametrize("parallelism", PARALLELISM)
-def test_checkpoints_and_export_on_s3(ray_local, corpus, s3_bucket, parallelism):
+def test_checkpoints_and_export_on_s3(ray_local, corpus, s3_bucket):
+    """FSDP on 2 workers (each uploads its own shards); DDP's S3 checkpoints: test_sharded_training.py."""
     from omnivl.models.export import load_export
 
     run = f"{s3_bucket}/runs/t"
+    parallelism = "fsdp"
     summary = run_job(spec(corpus, run, steps=4, every=2, joint_steps=2, workers=2, parallelism=parallelism))
     assert summary["export"] == f"{run}/export"
     assert [r.step for r in ck.list_checkpoints(run, 0, "image")] == [2, 4]

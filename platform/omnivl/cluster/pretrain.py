@@ -1,16 +1,15 @@
 """The `pretrain` job kind: decoupled joint pretraining, stage after stage, on Ray Train.
 
-All the machinery (per-stage TorchTrainer, the per-worker loop, checkpoints and resume, metrics, export) is
-`omnivl.cluster.training`, shared with fine-tuning; pretraining trains each stage with the objective weights
+All the machinery (per-stage TorchTrainer, the per-worker runner, checkpoints and resume, metrics, export) is
+`omnivl.cluster.training` and `omnivl.train`, shared with fine-tuning; pretraining trains each stage with the objective weights
 its spec states and starts from `model.init`.
 """
 
 from __future__ import annotations
 
-from omnivl.cluster.training import (  # noqa: F401  (the names tests and benchmarks use)
-    EXPORT_DIR, METRICS_FILE, TRAIN_COLUMNS, dedupe, load_metrics, run_training, starting_point,
-    train_loop_per_worker,
-)
+from omnivl.cluster.training import run_training
+from omnivl.train.stages import EXPORT_DIR, METRICS_FILE, dedupe, load_metrics, starting_point  # noqa: F401
+# (the names of a pretraining run's layout that tests and benchmarks read)
 from omnivl.spec.jobs import PretrainJob
 
 

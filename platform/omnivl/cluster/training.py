@@ -19,9 +19,8 @@ from omnivl.cluster.progress import FeedSink, ProgressFeed
 from omnivl.spec.jobs import TrainingJob
 from omnivl.train.metrics import MetricsFile, is_eval, local_metrics_path
 from omnivl.train.runner import StagePlan, WorkerEnv, run_stage as run_stage_worker
-from omnivl.train.stages import (  # noqa: F401  (EXPORT_DIR, METRICS_FILE, dedupe, ...: names callers use)
-    EXPORT_DIR, METRICS_FILE, dedupe, load_metrics, plot_stage, run_dir_of, stage_plan, stage_step_offset,
-    starting_point, write_export,
+from omnivl.train.stages import (
+    METRICS_FILE, plot_stage, run_dir_of, stage_plan, stage_step_offset, write_export,
 )
 from omnivl.train import checkpoint as ck
 from omnivl.tracking.session import TrainingTracking
