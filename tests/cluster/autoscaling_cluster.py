@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import tempfile
 import threading
@@ -27,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from rayhead import CLIENT_ENV_VARS, VENV_BIN, alive, descendants, free_port, terminate
+from rayhead import CLIENT_ENV_VARS, VENV_BIN, descendants, free_port, kill_leftovers, terminate
 
 AUTOSCALER_LOOP_S = "1"  # what AutoscalingCluster uses: the autoscaler reconciles every second
 START_TIMEOUT_S = 90.0
@@ -77,16 +76,7 @@ class LocalAutoscalingCluster:
         self.record_tree()
         if self.process.poll() is None:
             terminate(self.process, timeout_s)
-        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            for pid in alive(self.tree):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait_s
-            while alive(self.tree) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return alive(self.tree)
+        return kill_leftovers(self.tree)
 
 
 def node_ip() -> str:

@@ -105,6 +105,21 @@ class RayHead:
         return alive(self.tree)
 
 
+def kill_leftovers(tree: set[int]) -> set[int]:
+    """SIGTERM, then SIGKILL, the pids of `tree` still alive (processes a test started, by pid). Returns those
+    alive afterwards (expected: none)."""
+    for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        for pid in alive(tree):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait_s
+        while alive(tree) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    return alive(tree)
+
+
 def terminate(process: subprocess.Popen, timeout_s: float) -> None:
     """SIGTERM `process` and wait up to `timeout_s`; then SIGKILL it."""
     process.send_signal(signal.SIGTERM)
@@ -230,16 +245,7 @@ class RayNode:
         self.snapshot_tree()
         if self.process.poll() is None:
             terminate(self.process, timeout_s)
-        for sig, wait_s in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            for pid in alive(self.tree):
-                try:
-                    os.kill(pid, sig)
-                except ProcessLookupError:
-                    pass
-            deadline = time.monotonic() + wait_s
-            while alive(self.tree) and time.monotonic() < deadline:
-                time.sleep(0.2)
-        return alive(self.tree)
+        return kill_leftovers(self.tree)
 
 
 def _exe_name(pid: int) -> str:
