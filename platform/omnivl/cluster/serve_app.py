@@ -27,7 +27,7 @@ from omnivl import console
 from omnivl.serving import engine
 from omnivl.serving import schemas as S
 from omnivl.serving.config import ServeAppConfig
-from omnivl.serving.gallery import load_gallery_index
+from omnivl.serving.gallery import load_with_gallery
 from omnivl.serving.readiness import INGRESS_DEPLOYMENT, MODEL_DEPLOYMENT, app_readiness
 from omnivl.serving.metrics import (BATCH_BOUNDS, BATCH_ITEMS, BATCH_SIZE, ERRORS, LATENCY_BOUNDS_MS, LATENCY_MS,
                                     REQUESTS, Metrics)
@@ -101,18 +101,8 @@ class ModelReplica:
                  ", ".join(f"{name} {t * 1000:.0f} ms" for name, t in op_s.items()))
 
     def load(self, model_id: str) -> engine.LoadedModel:
-        from omnivl.serving.gallery import build_gallery
-
         start = time.perf_counter()
-        lm = engine.load_checkpoint(model_id, self.cfg.checkpoints[model_id], self.device, self.cfg.precision)
-        if self.cfg.gallery_manifest:
-            g = lm.geometry
-            lm.gallery = build_gallery(
-                lambda px, mod: engine.run_visual(lm, [engine.VisualCall(px, mod)])[0],
-                self.cfg.gallery_manifest, self.cfg.gallery_modality, g.image_size, g.num_frames,
-                self.cfg.gallery_max_items, self.cfg.tokenizer, self.cfg.limits.max_image_pixels)
-        elif self.cfg.gallery_index:
-            lm.gallery = load_gallery_index(self.cfg.gallery_index, lm)
+        lm = load_with_gallery(self.cfg, model_id, self.device)
         log.info("loaded checkpoint %s from %s on %s (%s) in %.1fs", model_id, lm.uri, self.device, lm.precision,
                  time.perf_counter() - start)
         return lm

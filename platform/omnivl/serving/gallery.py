@@ -112,3 +112,20 @@ def load_gallery_index(uri: str, lm):
         raise ValueError(f"gallery_index: {uri} holds {index.dim}-dim embeddings but checkpoint {lm.model_id} "
                          f"embeds to {lm.arch['embed_dim']}: build the index from this checkpoint's embed job")
     return index
+
+
+def load_with_gallery(cfg, model_id: str, device):
+    """Checkpoint `model_id` of a serving config (`ServeAppConfig`) on `device`, with the gallery the config
+    names: embedded at load from `gallery_manifest`, or a prebuilt index (`gallery_index`), or none."""
+    from omnivl.serving import engine
+
+    lm = engine.load_checkpoint(model_id, cfg.checkpoints[model_id], device, cfg.precision)
+    if cfg.gallery_manifest:
+        g = lm.geometry
+        lm.gallery = build_gallery(
+            lambda px, mod: engine.run_visual(lm, [engine.VisualCall(px, mod)])[0],
+            cfg.gallery_manifest, cfg.gallery_modality, g.image_size, g.num_frames, cfg.gallery_max_items,
+            cfg.tokenizer, cfg.limits.max_image_pixels)
+    elif cfg.gallery_index:
+        lm.gallery = load_gallery_index(cfg.gallery_index, lm)
+    return lm
