@@ -116,6 +116,23 @@ def test_watcher_says_each_change_once_and_when_nodes_are_ready():
     ]
 
 
+def test_a_wait_served_between_two_polls_is_still_reported():
+    """The demand was seen once, before the autoscaler had requested anything; at the next poll a node of the pool
+    was up and the demand gone. The job did wait for the autoscaler: the console says so. A wait that ends
+    without any new node (the work fitted somewhere after all) stays unsaid."""
+    said: list[str] = []
+    watcher = CapacityWatcher(fetch=None, say=said.append, grace_s=5.0)
+    head = ("", {}, {"CPU": 2}, "RUNNING")
+    decode = ("cpu-decode", {"pool": "cpu-decode"}, {"CPU": 1}, "RUNNING")
+    wanted = [({"CPU": 1}, {"pool": "cpu-decode"}, 1)]
+    for t, reply in [(0, status(nodes=[head])), (2, status(pending=wanted, nodes=[head])),
+                     (4, status(nodes=[head, decode])),
+                     (6, status(pending=[({"CPU": 1}, {}, 1)], nodes=[head, decode])),
+                     (8, status(nodes=[head, decode]))]:
+        watcher.observe(parse_status(reply, float(t)))
+    assert said == ["waiting for 1 × pool=cpu-decode (autoscaler requested)", "nodes ready after 2s"]
+
+
 def test_watcher_is_silent_without_an_autoscaler():
     said: list[str] = []
     calls = []

@@ -145,7 +145,10 @@ def test_stopped_on_two_workers_resumes_on_another_count(interrupted, corpus, tm
     assert [r["step"] for r in after] == [7, 8, 9, 10] and {r["world_size"] for r in after} == {workers}
     assert all(r["lr"] == pytest.approx(lr_at(r["step"] - 1, INTERRUPTED_STEPS, job.stages[0].optimizer))
                for r in after)
-    assert after[0]["loss"] == pytest.approx(before[6]["loss"], rel=0.25)  # step 7 again, on other rows
+    # step 7 again, on other rows: the contrastive term depends on which rows meet in a batch (it ranges over
+    # 2.5-5.8 within one run here), the captioning loss hardly does, and it is far from a fresh model's
+    assert after[0]["loss_lm"] == pytest.approx(before[6]["loss_lm"], rel=0.02)
+    assert after[0]["loss_lm"] < before[0]["loss_lm"] * 0.95
     state = final_state(run)
     assert state["train_state"]["step"] == INTERRUPTED_STEPS and state["train_state"]["world_size"] == workers
     assert int(state["task"]["vlc.queues.shared.filled"]) == INTERRUPTED_STEPS * INTERRUPTED_BATCH

@@ -19,7 +19,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable
 
-POLL_S = 2.0
+POLL_S = 1.0  # a local node can be requested and up within 2 s
 UNREQUESTED_GRACE_S = 5.0  # see CapacityWatcher
 JOIN_TIMEOUT_S = 10.0  # how long stop() waits for a poll in flight
 # Console lines of this module start like this (`omnivl submit` relays them from the job's log).
@@ -114,8 +114,9 @@ class Wait:
     infeasible: bool  # no node type of the cluster can take some of the demand
 
 
-def describe_wait(snap: Snapshot) -> Wait | None:
-    """What the job waits for and what the autoscaler does about it; None if nothing waits."""
+def describe_wait(snap: Snapshot, served: bool = False) -> Wait | None:
+    """What the job waits for and what the autoscaler does about it; None if nothing waits. `served`: nodes for
+    the demand are known to have come up since (the autoscaler acted between two snapshots)."""
     if not snap.demands:
         return None
     by_what: dict[str, int] = {}
@@ -125,18 +126,27 @@ def describe_wait(snap: Snapshot) -> Wait | None:
     infeasible = sorted({d.what for d in snap.infeasible})
     if infeasible:
         why = f"infeasible: no node type of this cluster, within max_workers, can hold {' / '.join(infeasible)}"
-    elif snap.launching:
+    elif snap.launching or served:
         why = "autoscaler requested"
     else:
         why = "no node requested: the pool is at max_workers or the autoscaler cannot add one"
-    return Wait(f"waiting for {waiting} ({why})", bool(snap.launching), bool(infeasible))
+    return Wait(f"waiting for {waiting} ({why})", bool(snap.launching) or served, bool(infeasible))
+
+
+def nodes_added_for(demands: tuple[Demand, ...], before: Snapshot, now: Snapshot) -> bool:
+    """Whether a live node that some demand's selector matches is in `now` but was not in `before`."""
+    known = {n.node_id for n in before.nodes}
+    return any(n.node_id not in known and n.status in LIVE_NODE_STATUSES and _matches(d.selector, n.labels)
+               for n in now.nodes for d in demands)
 
 
 class CapacityWatcher:
     """Turns snapshots into console lines: one when the wait changes, and `nodes ready after Ns` when it ends.
 
     A wait the autoscaler has not acted on is only reported once it lasted `grace_s`: the autoscaler normally
-    requests nodes within a loop or two, and a line saying it did not would be wrong by then.
+    requests nodes within a loop or two, and a line saying it did not would be wrong by then. A wait that ended
+    before it was reported is still reported, with its end, if nodes for it came up meanwhile: a local node (or
+    a warm VM) can be requested and up between two polls, and the job did wait for it.
     `start()` polls `fetch()` every `poll_s` in a daemon thread, and stops silently if the first snapshot
     shows no autoscaler (nothing to say on a fixed-size cluster)."""
 
@@ -149,6 +159,7 @@ class CapacityWatcher:
         self._last: str | None = None
         self._waiting_since: float | None = None
         self._unrequested_since: float | None = None
+        self._unreported: Snapshot | None = None  # the first snapshot of a wait not yet reported
 
     def start(self) -> "CapacityWatcher":
         self._thread.start()
@@ -175,12 +186,17 @@ class CapacityWatcher:
     def observe(self, snap: Snapshot) -> None:
         wait = describe_wait(snap)
         if wait is None:
-            if self._last is not None:
+            first = self._unreported
+            served_unsaid = self._last is None and first is not None and nodes_added_for(first.demands, first, snap)
+            if served_unsaid:
+                self._emit(describe_wait(first, served=True).line)
+            if self._last is not None or served_unsaid:
                 self._emit(f"nodes ready after {snap.taken_at - self._waiting_since:.0f}s")
-            self._last = self._waiting_since = self._unrequested_since = None
+            self._last = self._waiting_since = self._unrequested_since = self._unreported = None
             return
         if self._waiting_since is None:
             self._waiting_since = snap.taken_at
+            self._unreported = snap
         if wait.requested or wait.infeasible:
             self._unrequested_since = None
         else:
@@ -191,6 +207,7 @@ class CapacityWatcher:
         if wait.line != self._last:
             self._emit(wait.line)
             self._last = wait.line
+            self._unreported = None
 
     def _emit(self, line: str) -> None:
         self.lines.append(line)
