@@ -109,16 +109,18 @@ def test_interrupted_retrieval_finetune_resumes_and_beats_the_pretrained_model(r
 
     base = evaluate_pretrained(pretrained, corpus, tmp_path / "base-eval", "image_text", "retrieval")
     run = tmp_path / "ft"
+    # 90 steps: the pretrained features start collapsed (chance-level contrastive loss), and when the loss leaves
+    # that plateau varies from run to run (step 30-50 seen); 60 steps left one CI run short of the margin below
     job = finetune_spec(corpus, run, pretrained["run_dir"], "retrieval", ("image_text", "train"),
-                        ("image_text", "test"), steps=60, every=20, lr=5e-4, inject_failure_at_step=30)
+                        ("image_text", "test"), steps=90, every=20, lr=5e-4, inject_failure_at_step=30)
     with pytest.raises(TrainingFailedError):
         finetune(job)  # interrupted (no retries allowed) after the checkpoint at step 20
     assert [r.step for r in ck.list_checkpoints(str(run), 0, "ft")] == [20]
     summary = finetune(job)  # the same spec again: continues from step 20, not from the pretrained export
     steps = [r["step"] for r in read_records(run / METRICS_FILE)]
-    assert steps == list(range(1, 30)) + list(range(21, 61))  # step 30 ran, but the worker died before logging it
+    assert steps == list(range(1, 30)) + list(range(21, 91))  # step 30 ran, but the worker died before logging it
     state = ck.read_full(ck.final_of(str(run), 0, "ft"))
-    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {60.0}
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {90.0}
     assert summary["init"] == pretrained["export"]
     for name in ("plots/ft.png", "export/model.safetensors", "eval/report.md"):  # the pretraining run layout
         assert os.path.exists(run / name), name
