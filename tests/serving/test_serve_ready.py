@@ -25,7 +25,7 @@ MAX_FIRST_OVER_WARM_P99 = 3.0
 def gated_replica(gate: str) -> type:
     """A real model replica whose checkpoint load waits until the file `gate` exists: a slow load the test can
     hold open and then release (defined in a function so Ray ships it to the replica by value)."""
-    from omnivl.cluster.serve_app import ModelReplica
+    from omnivl.serving.replica import ModelReplica
 
     class GatedReplica(ModelReplica):
         def load(self, model_id):

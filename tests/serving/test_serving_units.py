@@ -462,9 +462,9 @@ def test_bf16_operations_stay_close_to_fp32_and_really_autocast(lm, checkpoints)
 
 
 def test_a_model_replica_loads_warms_up_and_serves_at_the_config_precision(lm, checkpoints, corpus, monkeypatch):
-    """The Serve seam's replica class (in this process, without Serve): `precision: bf16` in its args reaches the
-    loaded checkpoint, so the warm-up, the startup gallery and the batched requests all run under bf16."""
-    from omnivl.cluster.serve_app import ModelReplica
+    """The replica class the Serve seam deploys (in this process, without Serve): `precision: bf16` in its args
+    reaches the loaded checkpoint, so the warm-up, the startup gallery and the batched requests all run under bf16."""
+    from omnivl.serving.replica import ModelReplica
 
     class Replica(ModelReplica):  # what `model_deployment` adds, minus Serve's multiplexing decorator
         async def get_model(self, model_id: str) -> engine.LoadedModel:

@@ -153,3 +153,22 @@ def missing_local_inputs(cfg: ServeAppConfig, prefix: str = "app") -> list:
             issues.append(SpecIssue(f"{prefix}.gallery_index", f"{storage.absolute(index)} {what} (the output "
                                     f"directory of an `index` job)"))
     return issues
+
+
+# AutoscalingSpec fields passed to Serve's autoscaling_config as they are, when set
+SERVE_AUTOSCALING_DELAYS = {"upscale_delay_s", "downscale_delay_s", "look_back_period_s"}
+
+
+def model_deployment_options(cfg: ServeAppConfig) -> dict:
+    """Ray Serve deployment options of the model deployment (replicas or autoscaling, resources), as data."""
+    opts = {"max_ongoing_requests": cfg.max_ongoing_requests,
+            "ray_actor_options": {"num_cpus": cfg.cpus_per_replica, "num_gpus": cfg.gpus_per_replica}}
+    a = cfg.autoscaling
+    if a.min_replicas == a.max_replicas:
+        opts["num_replicas"] = a.max_replicas
+    else:
+        opts["autoscaling_config"] = {"min_replicas": a.min_replicas, "max_replicas": a.max_replicas,
+                                      "initial_replicas": max(1, a.min_replicas),
+                                      "target_ongoing_requests": a.target_ongoing_requests,
+                                      **a.model_dump(include=SERVE_AUTOSCALING_DELAYS, exclude_none=True)}
+    return opts
