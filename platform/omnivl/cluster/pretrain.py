@@ -1,8 +1,8 @@
 """The `pretrain` job kind: decoupled joint pretraining, stage after stage, on Ray Train.
 
 All the machinery (per-stage TorchTrainer, the per-worker runner, checkpoints and resume, metrics, export) is
-`omnivl.cluster.training` and `omnivl.train`, shared with fine-tuning; pretraining trains each stage with the objective weights
-its spec states and starts from `model.init`.
+`omnivl.cluster.training` and `omnivl.train`, shared with fine-tuning; pretraining trains each stage with the
+objective weights its spec states and starts from `model.init`.
 """
 
 from __future__ import annotations
