@@ -114,7 +114,7 @@ def test_retrieval_numbers_are_the_models(evaluated, tiny_export):
         batch = _decoded(src, job.data.decode)
         pixels, ids, mask = (torch.from_numpy(batch[k]) for k in ("pixels", "input_ids", "attention_mask"))
         visual_out = model.visual_features(pixels, src.modality)
-        v = model.project_visual(visual_out.cls_BD).numpy()
+        v = model.project_visual(visual_out.pooled_BD).numpy()
         t = model.encode_text(ids, mask).numpy()
         uri = {r.row_key: r.uri for r in read_manifest(src)}
         reps, text_to_item = items_and_captions([uri[str(k)] for k in batch["row_key"]])
@@ -148,7 +148,7 @@ def test_zero_shot_and_linear_probe_numbers_are_the_models(evaluated, tiny_expor
     tok = load_tokenizer(job.data.decode.tokenizer)
     src = _source(job, "image_label")
     batch = _decoded(src, job.data.decode)
-    cls = model.visual_features(torch.from_numpy(batch["pixels"]), "image").cls_BD
+    cls = model.visual_features(torch.from_numpy(batch["pixels"]), "image").pooled_BD
     visual = model.project_visual(cls).numpy()
     classes = sorted({r.label for r in read_manifest(src)})
     templates = src.prompt_templates()
@@ -165,7 +165,7 @@ def test_zero_shot_and_linear_probe_numbers_are_the_models(evaluated, tiny_expor
 
     train_src = src.model_copy(update={"manifest": job.eval.probe_train["image_label"]})
     train = _decoded(train_src, job.data.decode)
-    train_feats = model.visual_features(torch.from_numpy(train["pixels"]), "image").cls_BD.numpy()
+    train_feats = model.visual_features(torch.from_numpy(train["pixels"]), "image").pooled_BD.numpy()
     name = {label_id_for_class(c): c for c in classes + [r.label for r in read_manifest(train_src)]}
     want = linear_probe(train_feats, [name[int(l)] for l in train["label_id"]], cls.numpy(),
                         [name[int(l)] for l in batch["label_id"]])

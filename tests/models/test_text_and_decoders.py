@@ -35,7 +35,7 @@ def test_text_encoder_matches_transformers_bert(random_bert_dir):
         ours = built.model.eval().text(ids, mask)
     valid = mask.bool()
     torch.testing.assert_close(ours.tokens_BLD[valid], expected[valid], atol=1e-5, rtol=0)
-    torch.testing.assert_close(ours.cls_BD, expected[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.pooled_BD, expected[:, 0], atol=1e-5, rtol=0)
 
 
 def test_decoders_initialized_from_bert_list_cross_attention_as_missing(random_bert_dir):
@@ -56,7 +56,7 @@ def test_bundled_minilm_loads_and_matches_transformers():
     ref = BertModel.from_pretrained(str(directory)).eval()
     ids, mask = _ids()
     with torch.no_grad():
-        torch.testing.assert_close(built.model.eval().text(ids, mask).cls_BD,
+        torch.testing.assert_close(built.model.eval().text(ids, mask).pooled_BD,
                                    ref(input_ids=ids, attention_mask=mask).last_hidden_state[:, 0], atol=1e-4, rtol=0)
 
 

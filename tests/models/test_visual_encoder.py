@@ -39,7 +39,7 @@ def test_timm_parity_through_our_loader(tmp_path):
         expected = ref.forward_features(x)
         out = enc(x)
     torch.testing.assert_close(out.tokens_BSD, expected, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.cls_BD, expected[:, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.pooled_BD, expected[:, 0], atol=1e-5, rtol=0)
 
 
 def test_timm_pth_checkpoint_and_s3(tmp_path, s3_bucket):
@@ -81,7 +81,7 @@ def test_identical_frames_encode_like_the_image_at_init(tubelet):
     video = x[:, None].expand(-1, 4, -1, -1, -1)
     with torch.no_grad():
         image_out, video_out = enc(x), enc(video)
-    torch.testing.assert_close(video_out.cls_BD, image_out.cls_BD, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(video_out.pooled_BD, image_out.pooled_BD, atol=1e-5, rtol=1e-5)
     assert video_out.tokens_BSD.shape == (2, 1 + (4 // tubelet) * 16, 192)
 
 
@@ -91,9 +91,9 @@ def test_frame_order_is_visible_at_init_only_through_the_tubelet():
     video = torch.randn(2, 4, 3, 64, 64, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         one = VisualEncoder(resolve_arch(ModelConfig(tubelet=1)).visual).eval()
-        torch.testing.assert_close(one(video).cls_BD, one(video.flip(1)).cls_BD, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(one(video).pooled_BD, one(video.flip(1)).pooled_BD, atol=1e-5, rtol=1e-5)
         two = VisualEncoder(resolve_arch(ModelConfig(tubelet=2)).visual).eval()
-        assert (two(video).cls_BD - two(video.flip(1)).cls_BD).abs().max() > 1e-3
+        assert (two(video).pooled_BD - two(video.flip(1)).pooled_BD).abs().max() > 1e-3
         w = two.patch_embed3d.proj.weight
         torch.testing.assert_close(w.sum(dim=2), two.patch_embed.proj.weight, atol=1e-6, rtol=1e-5)
 
@@ -105,13 +105,13 @@ def test_frame_order_matters_once_the_temporal_path_is_trained():
     with torch.no_grad():
         # At init with one frame per token, temporal attention is an identity and the [CLS] averages frames:
         # order is invisible.
-        torch.testing.assert_close(enc(video).cls_BD, enc(reversed_video).cls_BD, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(enc(video).pooled_BD, enc(reversed_video).pooled_BD, atol=1e-5, rtol=1e-5)
         for _, p in enc.temporal_parameters():
             p.add_(0.05 * torch.randn_like(p))
         image = video[:, 0]
         same_frames = image[:, None].expand(-1, 4, -1, -1, -1)
-        assert (enc(video).cls_BD - enc(reversed_video).cls_BD).abs().max() > 1e-3
-        assert (enc(same_frames).cls_BD - enc(image).cls_BD).abs().max() > 1e-3  # temporal attention is live
+        assert (enc(video).pooled_BD - enc(reversed_video).pooled_BD).abs().max() > 1e-3
+        assert (enc(same_frames).pooled_BD - enc(image).pooled_BD).abs().max() > 1e-3  # temporal attention is live
         # Images never touch the video-only weights.
         names = {n for n, _ in enc.temporal_parameters()}
         assert any(".temporal_attn." in n for n in names) and "time_embed" in names
@@ -119,7 +119,7 @@ def test_frame_order_matters_once_the_temporal_path_is_trained():
 
 def test_image_forward_does_not_use_video_weights():
     enc = VisualEncoder(resolve_arch(ModelConfig()).visual)
-    enc(_images()).cls_BD.sum().backward()
+    enc(_images()).pooled_BD.sum().backward()
     for name, p in enc.temporal_parameters():
         assert p.grad is None, name
 
@@ -132,7 +132,7 @@ def test_grad_checkpointing_gives_same_outputs_and_grads():
     video = torch.randn(1, 2, 3, 64, 64)
     for enc in (plain, ckpt):
         enc.train()
-        enc(video).cls_BD.square().sum().backward()
+        enc(video).pooled_BD.square().sum().backward()
     for (n, a), (_, b) in zip(plain.named_parameters(), ckpt.named_parameters()):
         torch.testing.assert_close(a.grad, b.grad, atol=1e-6, rtol=1e-5, msg=n)
 

@@ -35,9 +35,9 @@ def embed_batch(model, batch: dict, modality: str, *, keep_tokens: bool = False,
     mask = torch.as_tensor(np.asarray(batch["attention_mask"]), device=device)
     with _autocast(model, precision):
         visual = model.visual_features(_pixels(batch), modality)
-        visual_NE, text_NE = model.project_visual(visual.cls_BD), model.encode_text(ids, mask)
+        visual_NE, text_NE = model.project_visual(visual.pooled_BD), model.encode_text(ids, mask)
     out = {"visual": visual_NE.float().cpu().numpy(),
-           "features": visual.cls_BD.float().cpu().numpy(),
+           "features": visual.pooled_BD.float().cpu().numpy(),
            "text_emb": text_NE.float().cpu().numpy(),
            "label_id": np.asarray(batch["label_id"]), "text": np.asarray(batch["text"], dtype=object),
            "row_key": np.asarray(batch["row_key"], dtype=object)}

@@ -22,9 +22,10 @@ from omnivl.models.sizes import TextArch
 
 @dataclass
 class TextOutput:
-    """`cls_BD`: hidden state at position 0 (the text representation); `tokens_BLD`: every position."""
+    """`pooled_BD`: the text representation, pooled as `TextArch.pool` says (the hidden state at position 0, [CLS],
+    or the mean over the unpadded positions); `tokens_BLD`: every position."""
 
-    cls_BD: torch.Tensor
+    pooled_BD: torch.Tensor
     tokens_BLD: torch.Tensor
 
 
@@ -150,7 +151,8 @@ class _LayerStack(nn.Module):
 
 
 class TextEncoder(_LayerStack):
-    """BERT text encoder. Input ids start with [CLS]; its output at position 0 is the text representation."""
+    """BERT text encoder. Input ids start with [CLS]; the text representation is its output at position 0 (pool
+    `cls`, BERT's), or the mean over the unpadded positions (pool `mean`)."""
 
     def __init__(self, arch: TextArch) -> None:
         super().__init__()
@@ -165,7 +167,11 @@ class TextEncoder(_LayerStack):
 
     def forward(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor) -> TextOutput:
         x_BLD = self._run_layers(self.embeddings(input_ids_BL), padding_mask(attention_mask_BL))
-        return TextOutput(cls_BD=x_BLD[:, 0], tokens_BLD=x_BLD)
+        if self.arch.pool == "cls":
+            return TextOutput(pooled_BD=x_BLD[:, 0], tokens_BLD=x_BLD)
+        keep_BL1 = attention_mask_BL[..., None].to(x_BLD.dtype)
+        pooled_BD = (x_BLD * keep_BL1).sum(dim=1) / keep_BL1.sum(dim=1).clamp_min(1.0)
+        return TextOutput(pooled_BD=pooled_BD, tokens_BLD=x_BLD)
 
 
 class GroundedDecoder(_LayerStack):

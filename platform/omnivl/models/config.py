@@ -44,6 +44,17 @@ class ModelConfig(Config):
     tubelet: int | None = Field(
         default=None, ge=1, description="frames per 3D patch of the video tokenizer; None: the size's (tiny 2, "
         "small/base 1)")
+    patch: int | None = Field(default=None, ge=1, description="pixels per side of a patch; None: the size's (16)")
+    visual_pool: Literal["cls", "max"] = Field(
+        default="cls",
+        description="the visual representation the contrastive loss, zero-shot and probes read: 'cls' (the final "
+        "[CLS] token; the paper's) or 'max' (channel-wise maximum over the patch tokens; for training from random "
+        "weights on small objects, where [CLS] starts as the mean of mostly background patches)")
+    text_pool: Literal["cls", "mean"] = Field(
+        default="cls",
+        description="the text representation: 'cls' (position 0; the paper's, and what a pretrained BERT has "
+        "learnt) or 'mean' (over the unpadded tokens; for a text encoder from random weights, whose [CLS] output "
+        "starts nearly the same for every text)")
     embed_dim: int | None = Field(default=None, ge=8, description="shared contrastive space; None: the size's")
     queue_size: int | None = Field(default=None, ge=0, description="UniVLC memory bank entries; None: the size's")
     share_queues: bool = Field(

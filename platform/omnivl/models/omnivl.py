@@ -65,17 +65,17 @@ class OmniVL(nn.Module):
     def text_features(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor) -> TextOutput:
         return self.text(input_ids_BL, attention_mask_BL)
 
-    def project_visual(self, cls_BD: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.vision_proj(cls_BD), dim=-1)
+    def project_visual(self, pooled_BD: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.vision_proj(pooled_BD), dim=-1)
 
-    def project_text(self, cls_BD: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.text_proj(cls_BD), dim=-1)
+    def project_text(self, pooled_BD: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.text_proj(pooled_BD), dim=-1)
 
     # ---- inference API --------------------------------------------------------------------------------------
 
     def encode_visual(self, pixels: torch.Tensor, modality: Modality | None = None) -> torch.Tensor:
         """L2-normalized visual embedding [B, E] (rank 4: image, rank 5: video)."""
-        return self.project_visual(self.visual_features(pixels, modality).cls_BD)
+        return self.project_visual(self.visual_features(pixels, modality).pooled_BD)
 
     def encode_image(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
         return self.encode_visual(pixels_BCHW, "image")
@@ -85,7 +85,7 @@ class OmniVL(nn.Module):
 
     def encode_text(self, input_ids_BL: torch.Tensor, attention_mask_BL: torch.Tensor) -> torch.Tensor:
         """L2-normalized text embedding [B, E]; ids start with [CLS]."""
-        return self.project_text(self.text_features(input_ids_BL, attention_mask_BL).cls_BD)
+        return self.project_text(self.text_features(input_ids_BL, attention_mask_BL).pooled_BD)
 
     def match_logits(self, visual_tokens_BSD, input_ids_BL, attention_mask_BL) -> torch.Tensor:
         return self.align_decoder(input_ids_BL, attention_mask_BL, visual_tokens_BSD)

@@ -25,6 +25,7 @@ class VisualArch:
     tubelet: int = 1
     eps: float = 1e-6
     grad_checkpointing: bool = False
+    pool: str = "cls"  # the representation: "cls" (the [CLS] token, ViT's) or "max" (channel-wise max of patches)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,7 @@ class TextArch:
     eps: float = 1e-12
     dropout: float = 0.0
     grad_checkpointing: bool = False
+    pool: str = "cls"  # the representation: "cls" (position 0, BERT's) or "mean" (over the unpadded positions)
 
 
 @dataclass(frozen=True)
@@ -113,14 +115,16 @@ def resolve_arch(cfg: ModelConfig) -> OmniVLArch:
         image_size=cfg.image_size or arch.visual.image_size,
         num_frames=cfg.num_frames or arch.visual.num_frames,
         tubelet=cfg.tubelet or arch.visual.tubelet,
+        patch=cfg.patch or arch.visual.patch,
         grad_checkpointing=cfg.grad_checkpointing,
+        pool=cfg.visual_pool,
     )
     text = arch.text
     if cfg.init.text:
         from omnivl.models.checkpoints import read_hf_config
 
         text = text_arch_from_hf_config(read_hf_config(cfg.init.text))
-    text = dataclasses.replace(text, grad_checkpointing=cfg.grad_checkpointing)
+    text = dataclasses.replace(text, grad_checkpointing=cfg.grad_checkpointing, pool=cfg.text_pool)
     return OmniVLArch(
         visual=visual,
         text=text,

@@ -21,10 +21,11 @@ from omnivl.models.sizes import VisualArch
 
 @dataclass
 class VisualOutput:
-    """`cls_BD`: the final [CLS] token (the visual representation); `tokens_BSD`: [CLS] then every patch token
-    (frame-major for videos), all after the final LayerNorm. The decoders cross-attend to `tokens_BSD`."""
+    """`pooled_BD`: the visual representation, pooled as `VisualArch.pool` says (the final [CLS] token, or the
+    channel-wise maximum over the patch tokens); `tokens_BSD`: [CLS] then every patch token (frame-major for
+    videos), all after the final LayerNorm. The decoders cross-attend to `tokens_BSD`."""
 
-    cls_BD: torch.Tensor
+    pooled_BD: torch.Tensor
     tokens_BSD: torch.Tensor
 
 
@@ -185,7 +186,8 @@ class VisualEncoder(nn.Module):
             else:
                 cls_B1D, patches_BTND = blk(cls_B1D, patches_BTND, is_video)
         tokens_BSD = self.norm(torch.cat([cls_B1D, patches_BTND.flatten(1, 2)], dim=1))
-        return VisualOutput(cls_BD=tokens_BSD[:, 0], tokens_BSD=tokens_BSD)
+        pooled_BD = tokens_BSD[:, 0] if self.arch.pool == "cls" else tokens_BSD[:, 1:].amax(dim=1)
+        return VisualOutput(pooled_BD=pooled_BD, tokens_BSD=tokens_BSD)
 
     def _tokenize(self, pixels: torch.Tensor, is_video: bool) -> torch.Tensor:
         if pixels.dim() not in (4, 5) or pixels.shape[-3] != 3:

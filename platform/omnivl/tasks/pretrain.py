@@ -69,8 +69,8 @@ class MomentumEncoders(nn.Module):
     @torch.no_grad()
     def embed(self, pixels_normalized: torch.Tensor, input_ids_BL, attention_mask_BL):
         """(visual [B,E], text [B,E]) L2-normalized momentum features."""
-        v_BE = self.vision_proj(self.visual(pixels_normalized).cls_BD)
-        t_BE = self.text_proj(self.text(input_ids_BL, attention_mask_BL).cls_BD)
+        v_BE = self.vision_proj(self.visual(pixels_normalized).pooled_BD)
+        t_BE = self.text_proj(self.text(input_ids_BL, attention_mask_BL).pooled_BD)
         return torch.nn.functional.normalize(v_BE, dim=-1), torch.nn.functional.normalize(t_BE, dim=-1)
 
 
@@ -167,7 +167,7 @@ class PretrainTask(nn.Module):
         else:
             losses, metrics = self._align(x, vis, ids_BL, mask_BL, labels_B, modality)
         losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL, labels_B, batch.get("prompt_len"))
-        losses["cls"], accuracy = self._cls(vis.cls_BD, labels_B)
+        losses["cls"], accuracy = self._cls(vis.pooled_BD, labels_B)
         if accuracy is not None:
             metrics["cls_accuracy"] = accuracy
         total = sum(self.loss_weights[k] * losses[k] for k in LOSS_NAMES)
@@ -177,8 +177,8 @@ class PretrainTask(nn.Module):
         """Contrastive (UniVLC) and matching losses, with the momentum step and the enqueue they imply."""
         if self.training and self.momentum_in_forward:
             self.momentum_update()
-        v_BE = self.model.project_visual(vis.cls_BD)
-        t_BE = self.model.project_text(self.model.text_features(ids_BL, mask_BL).cls_BD)
+        v_BE = self.model.project_visual(vis.pooled_BD)
+        t_BE = self.model.project_text(self.model.text_features(ids_BL, mask_BL).pooled_BD)
         v_m_BE, t_m_BE = self.momentum_encoders.embed(x, ids_BL, mask_BL)
         vlc = self.vlc(v_BE, t_BE, labels_B, v_m_BE, t_m_BE, self.queue_key(modality), enqueue=self.training)
         losses = {"vlc": vlc.loss}
@@ -208,16 +208,16 @@ class PretrainTask(nn.Module):
                 prompt_len_B = None if prompt_len_B is None else prompt_len_B[keep_B]
         return self.lm(self.model.lm_logits(tokens_BSD, ids_BL, mask_BL), ids_BL, mask_BL, prompt_len_B)
 
-    def _cls(self, cls_BD: torch.Tensor, labels_B: torch.Tensor):
+    def _cls(self, pooled_BD: torch.Tensor, labels_B: torch.Tensor):
         """(cross-entropy over `classes` of the rows whose id is one of them, their accuracy or None)."""
         if self.loss_weights["cls"] == 0:
-            return cls_BD.new_zeros(()), None
+            return pooled_BD.new_zeros(()), None
         hit_BK = labels_B[:, None] == self.class_ids[None]
         keep_B = hit_BK.any(dim=1)
         if not bool(keep_B.any()):
             # no labelled row in this batch: a zero that still touches the head, so DDP sees its gradient
-            return 0.0 * self.classifier(cls_BD[:1]).sum(), None
-        logits_BK = self.classifier(cls_BD[keep_B])
+            return 0.0 * self.classifier(pooled_BD[:1]).sum(), None
+        logits_BK = self.classifier(pooled_BD[keep_B])
         target_B = hit_BK[keep_B].float().argmax(dim=1)
         accuracy = float((logits_BK.argmax(dim=1) == target_B).float().mean())
         return nn.functional.cross_entropy(logits_BK.float(), target_B), accuracy
