@@ -33,6 +33,15 @@ def register(groups) -> None:
                    help="show Ray's log lines and the workers' output live (default: a log file in the run directory)")
     p.set_defaults(func=cmd_run)
 
+    b = groups["bench"].add_parser("robustness", help="run a pipeline spec on several synthetic corpus variants "
+                                   "and seeds; write the table of held-out figures beside chance and their bars")
+    b.add_argument("spec", metavar="SPEC", nargs="?", default="jobs/demo.yaml")
+    b.add_argument("--variants", default="demo,wide,small-objects", help="comma-separated synth variants")
+    b.add_argument("--seeds", default="0,1", help="comma-separated seeds (corpus, pretraining and fine-tuning)")
+    b.add_argument("--out", default="runs/robustness", help="runs go to OUT/<variant>-s<seed>; the table to OUT")
+    b.add_argument("--address", help="Ray cluster to run on (default: an embedded local Ray per run)")
+    b.set_defaults(func=cmd_bench_robustness)
+
 
 def local_run_dir(job: JobSpec) -> str:
     """Where the run's log file and JSON summary go: the job's output directory, or `runs/<name>` when that is
@@ -90,3 +99,17 @@ def _run(args, job: JobSpec, run_dir: str, out: console.Console, log_path: str |
             out.say(line)
         out.say(f"full summary: {summary_path}")
     return 0
+
+
+def cmd_bench_robustness(args) -> int:
+    """Exit 1 when a run misses a bar (or failed), so the command can gate a release."""
+    from omnivl.pipeline.robustness import run_table, verdicts
+
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = run_table(args.spec, variants, seeds, out, args.address)
+    print((out / "robustness.md").read_text(), flush=True)
+    print(f"table: {out / 'robustness.md'} (figures: {out / 'robustness.json'})")
+    return 0 if all(all(verdicts(r).values()) for r in results.values()) else 1

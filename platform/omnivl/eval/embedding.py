@@ -24,7 +24,7 @@ FLOAT32_BYTES = 4
 @dataclass
 class Embedded:
     """Per decoded row (order arbitrary, identified by `row_key_N`): visual embeddings, text embeddings, the
-    row's label id and text, the frozen visual [CLS] features; `generated`: row key -> caption, when captioning
+    row's label id and text, the frozen pooled visual features; `generated`: row key -> caption, when captioning
     rode along on the pass; `tokens`: row key -> visual tokens [S, D] of the first decoded row of each item,
     when the pass kept them."""
 

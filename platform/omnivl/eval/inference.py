@@ -27,7 +27,7 @@ def _autocast(model, precision: str):
 
 @torch.no_grad()
 def embed_batch(model, batch: dict, modality: str, *, keep_tokens: bool = False, precision: str = "fp32") -> dict:
-    """visual [N,E] (normalized, shared space), features [N,D] (the visual [CLS] before projection: what a
+    """visual [N,E] (normalized, shared space), features [N,D] (the pooled visual feature before projection: what a
     linear probe reads), text_emb [N,E], plus label_id, text and row_key passed through. With `keep_tokens`
     also tokens [N,S,D] float32: every visual token, what the decoders cross-attend to (`match_pairs`)."""
     device = model.pixel_mean.device  # pixels move in `normalize_pixels`; token ids must be moved here

@@ -84,7 +84,7 @@ class PretrainTask(nn.Module):
     loss leaves out rows of class-label sources (bit 62 of `label_id`) unless `lm_on_class_labels`; a batch of
     such rows only has LM loss 0.
 
-    `cls` is a supervised warm-up, not an OmniVL objective: cross-entropy of a linear head on the visual [CLS]
+    `cls` is a supervised warm-up, not an OmniVL objective: cross-entropy of a linear head on the pooled visual
     feature over `classes` (class names of label sources; rows of other ids are left out). It stands in for the
     supervised ImageNet initialization the paper starts from, for runs that start from random weights: there
     the text encoder maps every class prompt to nearly the same feature, so UniVLC on label data alone sits at

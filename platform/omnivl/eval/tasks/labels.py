@@ -39,7 +39,7 @@ def zero_shot(source: EvalSource, ctx: EvalContext, emb: Embedded) -> TaskResult
 
 
 def linear_probe(source: EvalSource, ctx: EvalContext, emb: Embedded) -> TaskResult:
-    """Logistic regression on the frozen visual [CLS] features of the train split (embedded here, in one more
+    """Logistic regression on the frozen pooled visual features ([CLS] or the max over patches, as the model pools) of the train split (embedded here, in one more
     media pass), scored on the source's rows."""
     train = EvalSource.read(source.with_manifest(storage.absolute(ctx.cfg.probe_train[source.name])))
     train_emb = ctx.media.embed(train)
@@ -49,8 +49,8 @@ def linear_probe(source: EvalSource, ctx: EvalContext, emb: Embedded) -> TaskRes
                     truth, C=ctx.cfg.probe_C)
     res.pop("predictions")
     majority = classify.majority_share(truth)
-    note = (f"linear probe: logistic regression on frozen visual [CLS] features, trained on "
-            f"{res['train_rows']} rows of {train.manifest}, scored on {res['test_rows']} held-out rows "
+    note = (f"linear probe: logistic regression on frozen pooled visual features (as the model pools them), "
+            f"trained on {res['train_rows']} rows of {train.manifest}, scored on {res['test_rows']} held-out rows "
             f"(always answering their most frequent class would score {majority:.1f} %)")
     payload = {**res, "train_manifest": train.manifest, "majority_class": majority}
     return TaskResult(payload, {"linear probe top1": Score(res["accuracy"], res["chance"])}, notes=[note])
