@@ -54,7 +54,7 @@ def test_at_random_init_small_objects_move_the_max_pooled_feature_far_more_than_
         enc = VisualEncoder(resolve_arch(ModelConfig(visual_pool=pool)).visual).eval()
         with torch.no_grad():
             cos[pool] = _mean_pairwise_cosine(enc(x).pooled_BD)
-    # measured: cls 0.99+, max ~0.9; the gap is what lets contrastive learning leave log(batch) (docs/robustness.md)
+    # measured: cls 0.997, max 0.81; the gap is what lets contrastive learning leave log(batch) (docs/robustness.md)
     assert 1 - cos["max"] > 5 * (1 - cos["cls"]), cos
 
 
