@@ -121,8 +121,8 @@ def verdicts(figures: dict[str, tuple[float, float]]) -> dict[str, bool]:
 def markdown(results: dict[str, dict[str, tuple[float, float]]]) -> str:
     """The table: a row per metric, a column per run ('value (chance)', a cross where the bar is missed)."""
     runs = list(results)
-    names = [m.name for m in METRICS] + sorted({n for r in results.values() for n in r} - {m.name for m in METRICS})
-    bars = {m.name: m.bar() for m in METRICS}
+    by_name = {m.name: m for m in METRICS}
+    names = list(by_name) + sorted({n for r in results.values() for n in r} - set(by_name))
     lines = ["| metric | bar | " + " | ".join(runs) + " |", "|---|---|" + "---|" * len(runs)]
     for name in names:
         cells = []
@@ -131,9 +131,10 @@ def markdown(results: dict[str, dict[str, tuple[float, float]]]) -> str:
                 cells.append("-")
                 continue
             value, chance = results[run][name]
-            ok = next((m.passes(value, chance) for m in METRICS if m.name == name), None)
+            ok = by_name[name].passes(value, chance) if name in by_name else None
             cells.append(f"{value:.1f} ({chance:.1f})" + (" ✗" if ok is False else ""))
-        lines.append(f"| {name} | {bars.get(name, '')} | " + " | ".join(cells) + " |")
+        bar = by_name[name].bar() if name in by_name else ""
+        lines.append(f"| {name} | {bar} | " + " | ".join(cells) + " |")
     passed = {run: verdicts(results[run]) for run in runs}
     lines.append("| **bars cleared** | | " + " | ".join(f"{sum(v.values())}/{len(v)}" for v in passed.values()) + " |")
     return "\n".join(lines) + "\n"
