@@ -196,11 +196,15 @@ class GroundedDecoder(_LayerStack):
         if src is None:
             init_bert_weights(self)
 
-    def hidden(self, input_ids_BL, attention_mask_BL, visual_tokens_BSD) -> torch.Tensor:
+    def hidden(self, input_ids_BL, attention_mask_BL, visual_tokens_BSD, offset_BD=None) -> torch.Tensor:
+        """`offset_BD`, if given, is added to every position's input embedding."""
         ids_BL = input_ids_BL.clone()
         ids_BL[:, 0] = self.start_id
         mask = causal_padding_mask(attention_mask_BL) if self.causal else padding_mask(attention_mask_BL)
-        return self._run_layers(self.embeddings(ids_BL), mask, visual_tokens_BSD)
+        x_BLD = self.embeddings(ids_BL)
+        if offset_BD is not None:
+            x_BLD = x_BLD + offset_BD[:, None]
+        return self._run_layers(x_BLD, mask, visual_tokens_BSD)
 
 
 class AlignmentDecoder(GroundedDecoder):
@@ -232,18 +236,36 @@ class LMHead(nn.Module):
         return self.decoder(self.norm(F.gelu(self.dense(x_BLD)))) + self.bias
 
 
+PREFIX_INIT_STD = 0.5
+
+
 class GenerationDecoder(GroundedDecoder):
     """Causal; [DEC] start, [EOS] end. Shares all but self-attention with `shared_from` (the alignment decoder)."""
 
     causal = True
 
-    def __init__(self, arch: TextArch, visual_width: int, start_id: int, shared_from: AlignmentDecoder) -> None:
+    def __init__(self, arch: TextArch, visual_width: int, start_id: int, shared_from: AlignmentDecoder,
+                 embed_dim: int) -> None:
         super().__init__(arch, visual_width, start_id, shared_from=shared_from)
         self.lm_head = LMHead(arch)
         init_bert_weights(self.lm_head)
         nn.init.zeros_(self.lm_head.bias)
         self.lm_head.decoder.weight = self.embeddings.word_embeddings.weight
+        # `arch.visual_prefix`: every position's input also gets a projection of the item's visual embedding in the
+        # shared space, which contrastive learning spreads apart from the first steps (see TextArch).
+        self.visual_prefix = nn.Linear(embed_dim, arch.hidden) if arch.visual_prefix else None
+        if self.visual_prefix is not None:
+            # a unit-norm embedding through weights of std PREFIX_INIT_STD: each offset component has about that std,
+            # on the scale of the LayerNorm-ed word embeddings it is added to
+            nn.init.normal_(self.visual_prefix.weight, std=PREFIX_INIT_STD)
+            nn.init.zeros_(self.visual_prefix.bias)
 
-    def forward(self, input_ids_BL, attention_mask_BL, visual_tokens_BSD) -> torch.Tensor:
-        """Next-token logits [B, L, V]: position i predicts token i+1."""
-        return self.lm_head(self.hidden(input_ids_BL, attention_mask_BL, visual_tokens_BSD))
+    def forward(self, input_ids_BL, attention_mask_BL, visual_tokens_BSD, embedding_BE=None) -> torch.Tensor:
+        """Next-token logits [B, L, V]: position i predicts token i+1. `embedding_BE`: the item's visual embedding
+        in the shared space, required with `arch.visual_prefix` (see `TextArch`), unused without."""
+        offset_BD = None
+        if self.visual_prefix is not None:
+            if embedding_BE is None:
+                raise ValueError("this generation decoder has a visual prefix: pass the visual embedding_BE")
+            offset_BD = self.visual_prefix(embedding_BE)
+        return self.lm_head(self.hidden(input_ids_BL, attention_mask_BL, visual_tokens_BSD, offset_BD))

@@ -50,11 +50,23 @@ class ModelConfig(Config):
         description="the visual representation the contrastive loss, zero-shot and probes read: 'cls' (the final "
         "[CLS] token; the paper's) or 'max' (channel-wise maximum over the patch tokens; for training from random "
         "weights on small objects, where [CLS] starts as the mean of mostly background patches)")
+    visual_stem: Literal["patch", "conv"] = Field(
+        default="patch",
+        description="the visual tokenizer: 'patch' (a linear map of each patch's pixels; ViT's and the paper's) or "
+        "'conv' (two stride-2 3x3 convolutions on every frame first, then the patch projection; for training from "
+        "random weights on objects smaller than a patch, whose shape is no linear function of the pixels). A "
+        "timm checkpoint cannot initialize the conv stem's tokenizer")
     text_pool: Literal["cls", "mean"] = Field(
         default="cls",
         description="the text representation: 'cls' (position 0; the paper's, and what a pretrained BERT has "
         "learnt) or 'mean' (over the unpadded tokens; for a text encoder from random weights, whose [CLS] output "
         "starts nearly the same for every text)")
+    decoder_visual_prefix: bool = Field(
+        default=False,
+        description="the generation decoder adds a learnt projection of the visual representation to the input of "
+        "every text position, besides cross-attending to the visual tokens; for training from random weights, where "
+        "cross-attention starts as the mean over mostly background tokens and the captioner learns to write one "
+        "caption for every item (measured: docs/robustness.md)")
     embed_dim: int | None = Field(default=None, ge=8, description="shared contrastive space; None: the size's")
     queue_size: int | None = Field(default=None, ge=0, description="UniVLC memory bank entries; None: the size's")
     share_queues: bool = Field(
@@ -70,6 +82,13 @@ class ModelConfig(Config):
         description="train the generation decoder (LM loss) on class-label rows too; by default it learns from "
         "captions and QA answers only, since a class-name prompt ('a photo of a circle.') is not a caption of the item",
     )
+    lm_detach_visual: bool = Field(
+        default=False,
+        description="the LM loss (captions, QA answers) does not back-propagate into the visual encoder and its "
+        "projection: the generation decoder learns to read the features the contrastive and matching losses train. "
+        "For training from random weights, where the gradients of a decoder that does not yet read the picture "
+        "keep moving the visual features and the captioner writes one caption for every item (measured: "
+        "docs/robustness.md); BLIP and the paper train end to end from a pretrained ViT")
     momentum: float = Field(default=0.995, ge=0, le=1, description="EMA coefficient of the momentum encoders")
     temp_init: float = Field(default=0.07, gt=0, description="initial contrastive temperature (learnable)")
     temp_min: float = Field(default=0.001, gt=0)

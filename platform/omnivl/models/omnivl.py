@@ -98,8 +98,16 @@ class OmniVL(nn.Module):
             visual = self.visual_features(visual, modality)
         return self.match_logits(visual.tokens_BSD, input_ids_BL, attention_mask_BL).softmax(-1)[:, 1]
 
-    def lm_logits(self, visual_tokens_BSD, input_ids_BL, attention_mask_BL) -> torch.Tensor:
-        return self.gen_decoder(input_ids_BL, attention_mask_BL, visual_tokens_BSD)
+    def lm_logits(self, visual_tokens_BSD, input_ids_BL, attention_mask_BL, detach_visual: bool = False) -> torch.Tensor:
+        """Next-token logits; `detach_visual`: no gradient reaches the visual encoder or its projection."""
+        if detach_visual:
+            visual_tokens_BSD = visual_tokens_BSD.detach()
+        embedding_BE = None
+        if self.gen_decoder.visual_prefix is not None:
+            # token 0 is the visual representation (VisualOutput), so this is the item's contrastive embedding
+            embedding_BE = self.project_visual(visual_tokens_BSD[:, 0])
+            embedding_BE = embedding_BE.detach() if detach_visual else embedding_BE
+        return self.gen_decoder(input_ids_BL, attention_mask_BL, visual_tokens_BSD, embedding_BE)
 
     @torch.no_grad()
     def generate(self, pixels: torch.Tensor | VisualOutput, modality: Modality | None = None,
@@ -184,7 +192,7 @@ def build_omnivl(arch: OmniVLArch, tokens: TokenIds = TokenIds()) -> OmniVL:
     """Randomly initialized OmniVL of the given architecture."""
     visual = VisualEncoder(arch.visual)
     align = AlignmentDecoder(arch.text, visual.width, start_id=tokens.enc)
-    gen = GenerationDecoder(arch.text, visual.width, start_id=tokens.dec, shared_from=align)
+    gen = GenerationDecoder(arch.text, visual.width, start_id=tokens.dec, shared_from=align, embed_dim=arch.embed_dim)
     return OmniVL(visual, TextEncoder(arch.text), align, gen, arch.embed_dim, tokens)
 
 

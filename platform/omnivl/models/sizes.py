@@ -26,6 +26,7 @@ class VisualArch:
     eps: float = 1e-6
     grad_checkpointing: bool = False
     pool: str = "cls"  # the representation: "cls" (the [CLS] token, ViT's) or "max" (channel-wise max of patches)
+    stem: str = "patch"  # the tokenizer: "patch" (one linear map per patch, ViT's) or "conv" (a conv stem first)
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class TextArch:
     dropout: float = 0.0
     grad_checkpointing: bool = False
     pool: str = "cls"  # the representation: "cls" (position 0, BERT's) or "mean" (over the unpadded positions)
+    visual_prefix: bool = False  # the generation decoder adds a projection of the visual representation to its input
 
 
 @dataclass(frozen=True)
@@ -118,13 +120,15 @@ def resolve_arch(cfg: ModelConfig) -> OmniVLArch:
         patch=cfg.patch or arch.visual.patch,
         grad_checkpointing=cfg.grad_checkpointing,
         pool=cfg.visual_pool,
+        stem=cfg.visual_stem,
     )
     text = arch.text
     if cfg.init.text:
         from omnivl.models.checkpoints import read_hf_config
 
         text = text_arch_from_hf_config(read_hf_config(cfg.init.text))
-    text = dataclasses.replace(text, grad_checkpointing=cfg.grad_checkpointing, pool=cfg.text_pool)
+    text = dataclasses.replace(text, grad_checkpointing=cfg.grad_checkpointing, pool=cfg.text_pool,
+                               visual_prefix=cfg.decoder_visual_prefix)
     return OmniVLArch(
         visual=visual,
         text=text,

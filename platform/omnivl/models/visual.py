@@ -22,8 +22,9 @@ from omnivl.models.sizes import VisualArch
 @dataclass
 class VisualOutput:
     """`pooled_BD`: the visual representation, pooled as `VisualArch.pool` says (the final [CLS] token, or the
-    channel-wise maximum over the patch tokens); `tokens_BSD`: [CLS] then every patch token (frame-major for
-    videos), all after the final LayerNorm. The decoders cross-attend to `tokens_BSD`."""
+    channel-wise maximum over the patch tokens); `tokens_BSD`: that representation, then every patch token
+    (frame-major for videos), all after the final LayerNorm. The decoders cross-attend to `tokens_BSD`, and a
+    generation decoder with a visual prefix reads its token 0."""
 
     pooled_BD: torch.Tensor
     tokens_BSD: torch.Tensor
@@ -94,10 +95,36 @@ class DividedBlock(nn.Module):
         return x_BTSD[:, :, :1].mean(dim=1), x_BTSD[:, :, 1:]
 
 
-class PatchEmbed2d(nn.Module):
+STEM_STRIDE = 4  # the conv stem: two stride-2 convolutions
+
+
+class ConvStem(nn.Module):
+    """Two 3x3 stride-2 convolutions with GELU, run on each frame before the patch projection, so a token is made
+    from local edge and corner features rather than a linear map of raw pixels ("early convolutions", Xiao et al.
+    2021). An aid for training from random weights on small objects: a shape a few pixels across, anywhere in a
+    16-pixel patch, is no linear function of the patch's pixels. The token count is unchanged."""
+
     def __init__(self, arch: VisualArch) -> None:
         super().__init__()
-        self.proj = nn.Conv2d(3, arch.width, kernel_size=arch.patch, stride=arch.patch)
+        if arch.patch % STEM_STRIDE:
+            raise ValueError(f"model.patch {arch.patch} is not a multiple of the conv stem's stride {STEM_STRIDE}")
+        hidden, self.out_channels = arch.width // 4, arch.width // 2
+        self.conv1 = nn.Conv2d(3, hidden, kernel_size=3, stride=2, padding=1)
+        self.conv2 = nn.Conv2d(hidden, self.out_channels, kernel_size=3, stride=2, padding=1)
+        self.act = nn.GELU()
+        for conv in (self.conv1, self.conv2):
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+            nn.init.zeros_(conv.bias)
+
+    def forward(self, pixels_BCHW: torch.Tensor) -> torch.Tensor:
+        return self.act(self.conv2(self.act(self.conv1(pixels_BCHW))))
+
+
+class PatchEmbed2d(nn.Module):
+    def __init__(self, arch: VisualArch, in_channels: int = 3, stride: int = 1) -> None:
+        super().__init__()
+        k = arch.patch // stride
+        self.proj = nn.Conv2d(in_channels, arch.width, kernel_size=k, stride=k)
 
     def forward(self, images_BCHW: torch.Tensor) -> torch.Tensor:
         x_BDhw = self.proj(images_BCHW)
@@ -105,10 +132,10 @@ class PatchEmbed2d(nn.Module):
 
 
 class PatchEmbed3d(nn.Module):
-    def __init__(self, arch: VisualArch) -> None:
+    def __init__(self, arch: VisualArch, in_channels: int = 3, stride: int = 1) -> None:
         super().__init__()
-        k = (arch.tubelet, arch.patch, arch.patch)
-        self.proj = nn.Conv3d(3, arch.width, kernel_size=k, stride=k)
+        k = (arch.tubelet, arch.patch // stride, arch.patch // stride)
+        self.proj = nn.Conv3d(in_channels, arch.width, kernel_size=k, stride=k)
 
     def forward(self, videos_BTCHW: torch.Tensor) -> torch.Tensor:
         x_BDThw = self.proj(videos_BTCHW.transpose(1, 2))
@@ -126,8 +153,11 @@ class VisualEncoder(nn.Module):
         super().__init__()
         self.arch = arch
         self.grid = arch.image_size // arch.patch
-        self.patch_embed = PatchEmbed2d(arch)
-        self.patch_embed3d = PatchEmbed3d(arch)
+        # The stem (when `arch.stem` is "conv") is shared by images and videos: it runs on every frame.
+        self.stem = ConvStem(arch) if arch.stem == "conv" else None
+        stem_out = (self.stem.out_channels, STEM_STRIDE) if self.stem is not None else (3, 1)
+        self.patch_embed = PatchEmbed2d(arch, *stem_out)
+        self.patch_embed3d = PatchEmbed3d(arch, *stem_out)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, arch.width))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid**2, arch.width))
         self.time_embed = nn.Parameter(torch.zeros(1, max(arch.num_frames // arch.tubelet, 1), arch.width))
@@ -186,15 +216,20 @@ class VisualEncoder(nn.Module):
             else:
                 cls_B1D, patches_BTND = blk(cls_B1D, patches_BTND, is_video)
         tokens_BSD = self.norm(torch.cat([cls_B1D, patches_BTND.flatten(1, 2)], dim=1))
-        pooled_BD = tokens_BSD[:, 0] if self.arch.pool == "cls" else tokens_BSD[:, 1:].amax(dim=1)
-        return VisualOutput(pooled_BD=pooled_BD, tokens_BSD=tokens_BSD)
+        if self.arch.pool == "cls":
+            return VisualOutput(pooled_BD=tokens_BSD[:, 0], tokens_BSD=tokens_BSD)
+        pooled_BD = tokens_BSD[:, 1:].amax(dim=1)
+        return VisualOutput(pooled_BD=pooled_BD, tokens_BSD=torch.cat([pooled_BD[:, None], tokens_BSD[:, 1:]], dim=1))
 
     def _tokenize(self, pixels: torch.Tensor, is_video: bool) -> torch.Tensor:
         if pixels.dim() not in (4, 5) or pixels.shape[-3] != 3:
             raise ValueError(f"expected [B,3,H,W] or [B,T,3,H,W] pixels, got {tuple(pixels.shape)}")
         if is_video and pixels.shape[1] % self.arch.tubelet:
             raise ValueError(f"{pixels.shape[1]} frames is not a multiple of the tubelet depth {self.arch.tubelet}")
-        patches_BTND = self.patch_embed3d(pixels) if is_video else self.patch_embed(pixels)
+        x = pixels
+        if self.stem is not None:
+            x = self.stem(pixels.flatten(0, 1)).unflatten(0, pixels.shape[:2]) if is_video else self.stem(pixels)
+        patches_BTND = self.patch_embed3d(x) if is_video else self.patch_embed(x)
         grid_hw = (pixels.shape[-2] // self.arch.patch, pixels.shape[-1] // self.arch.patch)
         patches_BTND = patches_BTND + self._spatial_pos(grid_hw)[:, None]
         if is_video:

@@ -82,7 +82,8 @@ class PretrainTask(nn.Module):
     contrastive loss. Set `momentum_in_forward=False` to call `momentum_update()` yourself (e.g. once per
     optimizer step under gradient accumulation). Objectives with weight 0 are skipped (reported as 0). The LM
     loss leaves out rows of class-label sources (bit 62 of `label_id`) unless `lm_on_class_labels`; a batch of
-    such rows only has LM loss 0.
+    such rows only has LM loss 0. With `lm_detach_visual` it does not back-propagate into the visual encoder or
+    its projection (`ModelConfig.lm_detach_visual`).
 
     `cls` is a supervised warm-up, not an OmniVL objective: cross-entropy of a linear head on the pooled visual
     feature over `classes` (class names of label sources; rows of other ids are left out). It stands in for the
@@ -96,9 +97,11 @@ class PretrainTask(nn.Module):
     def __init__(self, model: OmniVL, vlc: UniVLCLoss, vlm: MatchingLoss, lm: CaptionLoss,
                  weights: Mapping[str, float] | Any | None = None, momentum: float = 0.995,
                  share_queues: bool = True, momentum_in_forward: bool = True,
-                 lm_on_class_labels: bool = False, classes: list[str] | None = None) -> None:
+                 lm_on_class_labels: bool = False, classes: list[str] | None = None,
+                 lm_detach_visual: bool = False) -> None:
         super().__init__()
         self.lm_on_class_labels = lm_on_class_labels
+        self.lm_detach_visual = lm_detach_visual
         self.model = model
         self.classes = list(classes or [])
         self.classifier = nn.Linear(model.visual.width, len(self.classes)) if self.classes else None
@@ -206,7 +209,8 @@ class PretrainTask(nn.Module):
             if not bool(keep_B.all()):
                 tokens_BSD, ids_BL, mask_BL = tokens_BSD[keep_B], ids_BL[keep_B], mask_BL[keep_B]
                 prompt_len_B = None if prompt_len_B is None else prompt_len_B[keep_B]
-        return self.lm(self.model.lm_logits(tokens_BSD, ids_BL, mask_BL), ids_BL, mask_BL, prompt_len_B)
+        logits_BLV = self.model.lm_logits(tokens_BSD, ids_BL, mask_BL, detach_visual=self.lm_detach_visual)
+        return self.lm(logits_BLV, ids_BL, mask_BL, prompt_len_B)
 
     def _cls(self, pooled_BD: torch.Tensor, labels_B: torch.Tensor):
         """(cross-entropy over `classes` of the rows whose id is one of them, their accuracy or None)."""
@@ -248,4 +252,5 @@ def task_for(model: OmniVL, arch: OmniVLArch, cfg: ModelConfig, weights=None,
                      cross_kind=cfg.class_caption_pairs)
     return PretrainTask(model, vlc, MatchingLoss(cfg.class_caption_pairs), CaptionLoss(cfg.label_smoothing), weights,
                         momentum=cfg.momentum, share_queues=cfg.share_queues,
-                        lm_on_class_labels=cfg.lm_on_class_labels, classes=classes)
+                        lm_on_class_labels=cfg.lm_on_class_labels, classes=classes,
+                        lm_detach_visual=cfg.lm_detach_visual)
