@@ -22,11 +22,11 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(2400)]
 
 
 def test_two_stage_pretraining_learns(ray_local, tmp_path_factory):
-    from omnivl.data.config import SynthConfig
     from omnivl.data.synth import generate
 
     corpus = tmp_path_factory.mktemp("corpus")
-    generate(SynthConfig(seed=0, variant=VARIANT), str(corpus))
+    synth = load_spec(ROOT / "jobs" / "synth.yaml", [f"corpus.variant={VARIANT}"])  # the recipe's corpus sizes
+    generate(synth.corpus, str(corpus))
     run = tmp_path_factory.mktemp("run")
     job = load_spec(ROOT / "jobs" / "pretrain_tiny.yaml", [
         f"output={run}",

@@ -252,20 +252,26 @@ class GenerationDecoder(GroundedDecoder):
         nn.init.zeros_(self.lm_head.bias)
         self.lm_head.decoder.weight = self.embeddings.word_embeddings.weight
         # `arch.visual_prefix`: every position's input also gets a projection of the item's visual embedding in the
-        # shared space, which contrastive learning spreads apart from the first steps (see TextArch).
+        # shared space, which contrastive learning spreads apart from the first steps, plus a learnt vector per
+        # modality: that embedding is the same for an image and a video of it, but their captions differ (a
+        # video's states the motion; an image caption may end where a video caption goes on).
         self.visual_prefix = nn.Linear(embed_dim, arch.hidden) if arch.visual_prefix else None
+        self.modality_prefix = nn.Embedding(2, arch.hidden) if arch.visual_prefix else None  # 0 image, 1 video
         if self.visual_prefix is not None:
             # a unit-norm embedding through weights of std PREFIX_INIT_STD: each offset component has about that std,
             # on the scale of the LayerNorm-ed word embeddings it is added to
             nn.init.normal_(self.visual_prefix.weight, std=PREFIX_INIT_STD)
             nn.init.zeros_(self.visual_prefix.bias)
+            nn.init.normal_(self.modality_prefix.weight, std=PREFIX_INIT_STD)
 
-    def forward(self, input_ids_BL, attention_mask_BL, visual_tokens_BSD, embedding_BE=None) -> torch.Tensor:
+    def forward(self, input_ids_BL, attention_mask_BL, visual_tokens_BSD, embedding_BE=None,
+                is_video: bool = False) -> torch.Tensor:
         """Next-token logits [B, L, V]: position i predicts token i+1. `embedding_BE`: the item's visual embedding
-        in the shared space, required with `arch.visual_prefix` (see `TextArch`), unused without."""
+        in the shared space, required with `arch.visual_prefix` (see `TextArch`), unused without; so is
+        `is_video`, the modality the prefix states."""
         offset_BD = None
         if self.visual_prefix is not None:
             if embedding_BE is None:
                 raise ValueError("this generation decoder has a visual prefix: pass the visual embedding_BE")
-            offset_BD = self.visual_prefix(embedding_BE)
+            offset_BD = self.visual_prefix(embedding_BE) + self.modality_prefix.weight[int(is_video)]
         return self.lm_head(self.hidden(input_ids_BL, attention_mask_BL, visual_tokens_BSD, offset_BD))

@@ -98,7 +98,8 @@ class OmniVL(nn.Module):
             visual = self.visual_features(visual, modality)
         return self.match_logits(visual.tokens_BSD, input_ids_BL, attention_mask_BL).softmax(-1)[:, 1]
 
-    def lm_logits(self, visual_tokens_BSD, input_ids_BL, attention_mask_BL, detach_visual: bool = False) -> torch.Tensor:
+    def lm_logits(self, visual_tokens_BSD, input_ids_BL, attention_mask_BL, detach_visual: bool = False,
+                  is_video: bool = False) -> torch.Tensor:
         """Next-token logits; `detach_visual`: no gradient reaches the visual encoder or its projection."""
         if detach_visual:
             visual_tokens_BSD = visual_tokens_BSD.detach()
@@ -107,7 +108,7 @@ class OmniVL(nn.Module):
             # token 0 is the visual representation (VisualOutput), so this is the item's contrastive embedding
             embedding_BE = self.project_visual(visual_tokens_BSD[:, 0])
             embedding_BE = embedding_BE.detach() if detach_visual else embedding_BE
-        return self.gen_decoder(input_ids_BL, attention_mask_BL, visual_tokens_BSD, embedding_BE)
+        return self.gen_decoder(input_ids_BL, attention_mask_BL, visual_tokens_BSD, embedding_BE, is_video)
 
     @torch.no_grad()
     def generate(self, pixels: torch.Tensor | VisualOutput, modality: Modality | None = None,
@@ -131,33 +132,34 @@ class OmniVL(nn.Module):
         out = [None] * B
         for rows in groups.values():
             idx = torch.tensor(rows, device=visual.tokens_BSD.device)
-            new_BN = self._generate_group(visual.tokens_BSD[idx], torch.stack([prompts[i] for i in rows]), **decode)
+            new_BN = self._generate_group(visual.tokens_BSD[idx], visual.is_video,
+                                          torch.stack([prompts[i] for i in rows]), **decode)
             for j, i in enumerate(rows):
                 out[i] = new_BN[j]
         return _pad_rows(out, self.tokens.pad)
 
-    def _generate_group(self, tokens_BSD, prompt_BP, method, max_new, num_beams, top_p, temperature, min_new,
+    def _generate_group(self, tokens_BSD, is_video, prompt_BP, method, max_new, num_beams, top_p, temperature, min_new,
                         length_penalty, generator) -> torch.Tensor:
         start_B1 = torch.full((tokens_BSD.shape[0], 1), self.tokens.cls, dtype=torch.long, device=tokens_BSD.device)
         ids_BL = torch.cat([start_B1, prompt_BP], dim=1)
         eos, pad = self.tokens.eos, self.tokens.pad
         if method == "beam":
             tokens_bSD = tokens_BSD.repeat_interleave(num_beams, dim=0)
-            new = generation.beam_search(self._step_fn(tokens_bSD), ids_BL, max_new, eos, pad, num_beams,
+            new = generation.beam_search(self._step_fn(tokens_bSD, is_video), ids_BL, max_new, eos, pad, num_beams,
                                          length_penalty, min_new)
         elif method == "greedy":
-            new = generation.greedy(self._step_fn(tokens_BSD), ids_BL, max_new, eos, pad, min_new)
+            new = generation.greedy(self._step_fn(tokens_BSD, is_video), ids_BL, max_new, eos, pad, min_new)
         elif method == "nucleus":
-            new = generation.nucleus(self._step_fn(tokens_BSD), ids_BL, max_new, eos, pad, top_p, temperature,
+            new = generation.nucleus(self._step_fn(tokens_BSD, is_video), ids_BL, max_new, eos, pad, top_p, temperature,
                                      min_new, generator)
         else:
             raise ValueError(f"method must be greedy, beam or nucleus, got {method!r}")
         return generation.trim_at_eos(new, eos, pad)
 
-    def _step_fn(self, tokens_BSD: torch.Tensor):
+    def _step_fn(self, tokens_BSD: torch.Tensor, is_video: bool):
         def step(ids_BL: torch.Tensor) -> torch.Tensor:
             # Padding after a row's [EOS] only follows positions we never read, so a full mask is safe (causal).
-            return self.lm_logits(tokens_BSD, ids_BL, torch.ones_like(ids_BL))[:, -1]
+            return self.lm_logits(tokens_BSD, ids_BL, torch.ones_like(ids_BL), is_video=is_video)[:, -1]
 
         return step
 

@@ -28,6 +28,7 @@ class VisualOutput:
 
     pooled_BD: torch.Tensor
     tokens_BSD: torch.Tensor
+    is_video: bool = False
 
 
 class Attention(nn.Module):
@@ -217,9 +218,10 @@ class VisualEncoder(nn.Module):
                 cls_B1D, patches_BTND = blk(cls_B1D, patches_BTND, is_video)
         tokens_BSD = self.norm(torch.cat([cls_B1D, patches_BTND.flatten(1, 2)], dim=1))
         if self.arch.pool == "cls":
-            return VisualOutput(pooled_BD=tokens_BSD[:, 0], tokens_BSD=tokens_BSD)
+            return VisualOutput(pooled_BD=tokens_BSD[:, 0], tokens_BSD=tokens_BSD, is_video=is_video)
         pooled_BD = tokens_BSD[:, 1:].amax(dim=1)
-        return VisualOutput(pooled_BD=pooled_BD, tokens_BSD=torch.cat([pooled_BD[:, None], tokens_BSD[:, 1:]], dim=1))
+        tokens_BSD = torch.cat([pooled_BD[:, None], tokens_BSD[:, 1:]], dim=1)
+        return VisualOutput(pooled_BD=pooled_BD, tokens_BSD=tokens_BSD, is_video=is_video)
 
     def _tokenize(self, pixels: torch.Tensor, is_video: bool) -> torch.Tensor:
         if pixels.dim() not in (4, 5) or pixels.shape[-3] != 3:

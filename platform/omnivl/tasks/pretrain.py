@@ -25,6 +25,7 @@ from omnivl.losses.univlc import is_class_label
 from omnivl.models.config import ModelConfig
 from omnivl.models.omnivl import OmniVL, build_model
 from omnivl.models.sizes import OmniVLArch
+from omnivl.models.visual import VisualOutput
 
 Modality = Literal["image", "video"]
 BATCH_KEYS = ("pixels", "input_ids", "attention_mask", "label_id")
@@ -169,7 +170,7 @@ class PretrainTask(nn.Module):
             losses, metrics = {"vlc": zero, "vlm": zero}, {}
         else:
             losses, metrics = self._align(x, vis, ids_BL, mask_BL, labels_B, modality)
-        losses["lm"] = self._lm(vis.tokens_BSD, ids_BL, mask_BL, labels_B, batch.get("prompt_len"))
+        losses["lm"] = self._lm(vis, ids_BL, mask_BL, labels_B, batch.get("prompt_len"))
         losses["cls"], accuracy = self._cls(vis.pooled_BD, labels_B)
         if accuracy is not None:
             metrics["cls_accuracy"] = accuracy
@@ -196,7 +197,8 @@ class PretrainTask(nn.Module):
         out = self.vlm(self.model.match_logits, tokens_BSD, ids_BL, mask_BL, labels_B, sim_BB)
         return out.loss, out.accuracy
 
-    def _lm(self, tokens_BSD, ids_BL, mask_BL, labels_B, prompt_len_B=None):
+    def _lm(self, vis: VisualOutput, ids_BL, mask_BL, labels_B, prompt_len_B=None):
+        tokens_BSD = vis.tokens_BSD
         if self.loss_weights["lm"] == 0:
             return tokens_BSD.new_zeros(())
         if prompt_len_B is not None:
@@ -209,7 +211,8 @@ class PretrainTask(nn.Module):
             if not bool(keep_B.all()):
                 tokens_BSD, ids_BL, mask_BL = tokens_BSD[keep_B], ids_BL[keep_B], mask_BL[keep_B]
                 prompt_len_B = None if prompt_len_B is None else prompt_len_B[keep_B]
-        logits_BLV = self.model.lm_logits(tokens_BSD, ids_BL, mask_BL, detach_visual=self.lm_detach_visual)
+        logits_BLV = self.model.lm_logits(tokens_BSD, ids_BL, mask_BL, detach_visual=self.lm_detach_visual,
+                                          is_video=vis.is_video)
         return self.lm(logits_BLV, ids_BL, mask_BL, prompt_len_B)
 
     def _cls(self, pooled_BD: torch.Tensor, labels_B: torch.Tensor):
