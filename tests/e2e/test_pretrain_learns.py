@@ -3,7 +3,7 @@ encoder on shape labels, image-language, then joint images and videos) with 2 CP
 cluster, then held-out evaluation through the `evaluate` job, on the `wide` corpus variant: a corpus the recipe
 was not tuned on (256x144 frames, objects 10-20 % of the height, two speeds, two caption wordings). The model
 must *learn*, by the bars of docs/robustness.md: held-out text->video and text->image retrieval, zero-shot shape
-classification of images, and motion direction: videos are told apart from captions that differ only in their
+classification of images, video captions above chance, and motion direction: videos are told apart from captions that differ only in their
 direction word, so the temporal path is really trained (only the order of frames separates "moving left" from
 "moving right"). The full table over variants and seeds: `omnivl bench robustness`."""
 
@@ -44,7 +44,7 @@ def test_two_stage_pretraining_learns(ray_local, tmp_path_factory):
     ])
     m = evaluate(ev)["metrics"]
     # The bars of docs/robustness.md (issue 18). wide, seed 0, measured with `omnivl bench robustness`: t->v R@1
-    # 55.6 (chance 2.2), t->i 51.1 (1.1), direction probe 97.8 %, zero-shot direction 96.7 % (4 classes).
+    # 55.6 (chance 2.2), t->i 77.8 (1.1), direction probe 97.8 %, zero-shot direction 100 % (4 classes).
     t2v = m["video_text"]["text->video R@1"]
     assert t2v["value"] >= 5 * t2v["chance"], m["video_text"]
     i2t = m["image_text"]["text->image R@1"]
@@ -55,12 +55,12 @@ def test_two_stage_pretraining_learns(ray_local, tmp_path_factory):
     assert probe["value"] >= 80.0, m["video_text"]
     directions = m["video_label"]["zero-shot top1"]
     assert directions["value"] >= 2 * directions["chance"], m["video_label"]
-    # Shapes, zero-shot from class-name prompts (4 classes, 180 held-out images; the most frequent class is 29 %
-    # of them). On wide the recipe is short of the issue's 2x bar (43.9 % measured), so this asserts what it
-    # reaches, 1.4x chance (35 %, p < 0.01 under a uniform guess): shape from 6-13 pixel objects in 16-pixel
-    # patches is the open part of docs/robustness.md.
+    # Shapes, zero-shot from class-name prompts (4 classes, 600 held-out images; the most frequent class is 27 %
+    # of them). Measured on wide, seed 0: 76.2 %.
     shapes = m["image_label"]["zero-shot top1"]
-    assert shapes["value"] >= 1.4 * shapes["chance"], m["image_label"]
-    # Captioning is reported, not asserted: the generation decoder still writes one caption for every item
-    # (docs/robustness.md).
-    assert "captioning CIDEr (x100)" in m["image_text"]
+    assert shapes["value"] >= 2 * shapes["chance"], m["image_label"]
+    # Video captions name what moves and how: BLEU-4 and CIDEr above their chance level, the score of another
+    # clip's reference caption (measured on wide, seed 0: see docs/robustness.md).
+    for metric in ("captioning BLEU-4 (x100)", "captioning CIDEr (x100)"):
+        caps = m["video_text"][metric]
+        assert caps["value"] > caps["chance"], (metric, m["video_text"])
