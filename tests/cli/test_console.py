@@ -130,7 +130,7 @@ def readme_run_dir_example() -> list[str]:
 
 
 def as_pattern(path: str) -> re.Pattern:
-    """`checkpoints/00-video_label/step-00000100/` matches any step; `checkpoints/03-joint/...` any content."""
+    """`checkpoints/00-video_label/step-00000100/` matches any step; `checkpoints/04-joint/...` any content."""
     path = path.rstrip("/")
     tail = ""
     if path.endswith("..."):
