@@ -1,11 +1,12 @@
 """End to end: the tiny model's pretraining stages (a video-label warm-up, a supervised warm-up of the visual
-encoder on shape labels, image-language, then joint images and videos) with 2 CPU workers on an embedded Ray
-cluster, then held-out evaluation through the `evaluate` job, on the `wide` corpus variant: a corpus the recipe
-was not tuned on (256x144 frames, objects 10-20 % of the height, two speeds, two caption wordings). The model
-must *learn*, by the bars of docs/robustness.md: held-out text->video and text->image retrieval, zero-shot shape
-classification of images, video captions above chance, and motion direction: videos are told apart from captions that differ only in their
-direction word, so the temporal path is really trained (only the order of frames separates "moving left" from
-"moving right"). The full table over variants and seeds: `omnivl bench robustness`."""
+encoder on shape labels, image-language, video-language, then joint images and videos) with 2 CPU workers on an
+embedded Ray cluster, then held-out evaluation through the `evaluate` job, on the `wide` corpus variant: a corpus
+the recipe was not tuned on (256x144 frames, objects 10-20 % of the height, two speeds, two caption wordings). The
+model must *learn*, by the bars of docs/robustness.md: held-out text->video and text->image retrieval, zero-shot
+shape classification of images, video captions above chance, and motion direction: videos are told apart from
+captions that differ only in their direction word, so the temporal path is really trained (only the order of
+frames separates "moving left" from "moving right"). The full table over variants and seeds:
+`omnivl bench robustness`."""
 
 from pathlib import Path
 

@@ -63,10 +63,11 @@ class ModelConfig(Config):
         "starts nearly the same for every text)")
     decoder_visual_prefix: bool = Field(
         default=False,
-        description="the generation decoder adds a learnt projection of the visual representation to the input of "
-        "every text position, besides cross-attending to the visual tokens; for training from random weights, where "
-        "cross-attention starts as the mean over mostly background tokens and the captioner learns to write one "
-        "caption for every item (measured: docs/robustness.md)")
+        description="the generation decoder adds a learnt projection of the item's contrastive embedding, plus a "
+        "learnt vector for its modality (image or video), to the input of every text position, besides "
+        "cross-attending to the visual tokens; for training from random weights, where cross-attention starts as "
+        "the mean over mostly background tokens and the captioner learns to write one caption for every item "
+        "(measured: docs/robustness.md)")
     embed_dim: int | None = Field(default=None, ge=8, description="shared contrastive space; None: the size's")
     queue_size: int | None = Field(default=None, ge=0, description="UniVLC memory bank entries; None: the size's")
     share_queues: bool = Field(

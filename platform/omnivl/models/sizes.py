@@ -44,7 +44,7 @@ class TextArch:
     dropout: float = 0.0
     grad_checkpointing: bool = False
     pool: str = "cls"  # the representation: "cls" (position 0, BERT's) or "mean" (over the unpadded positions)
-    visual_prefix: bool = False  # the generation decoder adds a projection of the visual representation to its input
+    visual_prefix: bool = False  # the generation decoder adds the item's embedding and modality to its input
 
 
 @dataclass(frozen=True)
