@@ -23,6 +23,7 @@ from omnivl import storage
 from omnivl.models.config import ModelConfig
 from omnivl.train import checkpoint as ck
 from omnivl.train import rng
+from omnivl.train.augment import augment_images
 from omnivl.train.config import CheckpointSpec, FailureSpec, ScalingSpec, StageConfig
 from omnivl.train.loop import Batch, Streams, build_optimizer, set_lr, train_step
 from omnivl.train.metrics import eval_line, progress_line, upload_metrics
@@ -137,6 +138,8 @@ def run_step(plan: StagePlan, env: WorkerEnv, model, task, optimizer, streams: S
     batches, wait = [], 0.0
     for _ in range(plan.stage.grad_accum):
         batch, waited = streams.next(modality)
+        if plan.stage.augment is not None and modality == "image":
+            batch = {**batch, "pixels": augment_images(batch["pixels"], plan.stage.augment)}
         batches.append(batch)
         wait += waited
     stats = train_step(model, optimizer, batches, modality, grad_clip=plan.stage.optimizer.grad_clip,
