@@ -53,9 +53,9 @@ class ModelConfig(Config):
     visual_stem: Literal["patch", "conv"] = Field(
         default="patch",
         description="the visual tokenizer: 'patch' (a linear map of each patch's pixels; ViT's and the paper's) or "
-        "'conv' (three 3x3 convolutions on every frame first, one at full resolution and two of stride 2, then the patch projection; for training from "
-        "random weights on objects smaller than a patch, whose shape is no linear function of the pixels). A "
-        "timm checkpoint cannot initialize the conv stem's tokenizer")
+        "'conv' (three 3x3 convolutions on every frame first, one at full resolution and two of stride 2, then the "
+        "patch projection; for training from random weights on objects smaller than a patch, whose shape is no "
+        "linear function of the pixels). A timm checkpoint cannot initialize the conv stem's tokenizer")
     text_pool: Literal["cls", "mean"] = Field(
         default="cls",
         description="the text representation: 'cls' (position 0; the paper's, and what a pretrained BERT has "
