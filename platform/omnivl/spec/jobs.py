@@ -106,9 +106,9 @@ class TrainingJob(JobSpec):
                 issues.append(SpecIssue(f"stages[{i}].loss_weights.cls", f"is {stage.loss_weights.cls} but stage "
                                         f"{stage.name!r} has no label source (it classifies their class names)"))
             if stage.augment is not None and kinds - {"label"}:
-                text = [s for s in stage.sources if s in by_name and by_name[s].kind != "label"]
-                issues.append(SpecIssue(f"stages[{i}].augment", f"flips and shifts contradict the captions of "
-                                        f"{', '.join(map(repr, text))} (positions, directions): augment label sources only"))
+                texts = ", ".join(repr(s) for s in stage.sources if s in by_name and by_name[s].kind != "label")
+                issues.append(SpecIssue(f"stages[{i}].augment", f"flips and shifts contradict the texts of {texts} "
+                                        "(positions, directions): augment stages of label sources only"))
             for modality in ("image", "video"):
                 bs = getattr(stage.batch_size, modality)
                 if bs > 0 and modality not in modalities:

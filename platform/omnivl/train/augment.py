@@ -19,7 +19,7 @@ def augment_images(pixels_BCHW: torch.Tensor, cfg: ImageAugment) -> torch.Tensor
     B, _, H, W = pixels_BCHW.shape
     out = pixels_BCHW
     if cfg.hflip:
-        flip_B = torch.rand(B) < 0.5
+        flip_B = (torch.rand(B) < 0.5).to(out.device)
         out = torch.where(flip_B[:, None, None, None], out.flip(-1), out)
     max_dy, max_dx = int(cfg.max_shift * H), int(cfg.max_shift * W)
     if max_dy == 0 and max_dx == 0:
