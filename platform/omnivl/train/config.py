@@ -40,14 +40,16 @@ class LossWeights(Config):
 
 
 class ImageAugment(Config):
-    """Label-keeping augmentation of a stage's image batches, on the training worker: a random mirror image and
-    a random shift. An aid for training from random weights on few labelled images (the shape warm-up memorized
+    """Label-keeping augmentation of a stage's image batches, on the training worker: a random shift (and, with
+    `hflip`, a mirror image; the data plane's `data.decode.hflip` already mirrors training rows). An aid for training from random weights on few labelled images (the shape warm-up memorized
     3000 images of small objects: 91 % train, 67 % held out; with flips and shifts 79 % held out,
     docs/robustness.md). Only for labels a mirror image or a small shift does not change, such as shapes:
     captions name positions and motion directions, which it would contradict, so caption and QA sources are
     refused. Video batches are left as they are."""
 
-    hflip: bool = Field(default=True, description="mirror each image left-right with probability 1/2")
+    hflip: bool = Field(default=False, description="mirror each image left-right with probability 1/2, without "
+                        "swapping 'left'/'right' in its label; the data plane's `data.decode.hflip` (on by default) "
+                        "already flips training rows and swaps those words, so this is rarely wanted")
     max_shift: float = Field(default=0.05, ge=0, lt=0.5,
                              description="shift each image by up to this fraction of its side in x and in y "
                              "(the edge pixels are repeated into the gap)")
