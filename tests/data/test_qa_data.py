@@ -14,8 +14,8 @@ from omnivl.data import text as T
 from omnivl.data.config import DecodeConfig, SourceConfig, SynthConfig
 from omnivl.data.decode import OUTPUT_COLUMNS, RowDecoder
 from omnivl.data.manifest import ManifestRow, read_manifest, resolve, row_batches
-from omnivl.data.synth import (IMAGE_QTYPES, POSITIONS, VIDEO_QTYPES, make_qa_item, position_answer, qa_answer_vocab,
-                               video_qtypes)
+from omnivl.data.synth import (COUNT_DATASET, IMAGE_QTYPES, POSITIONS, VIDEO_QTYPES, corpus_sources, make_count_item,
+                               make_qa_item, position_answer, qa_answer_vocab, video_qtypes)
 
 
 def _rows(root, dataset, split):
@@ -57,6 +57,18 @@ def test_answers_follow_from_the_scene(small_corpus):
         assert r["answer"] == {"colour": r["colour"], "shape": r["shape"], "direction": r["direction"]}[r["qtype"]]
 
 
+def _shapes_drawn(jpeg: bytes, width: int, height: int) -> int:
+    """How many of the 5 positions of a count picture hold a shape."""
+    img = np.asarray(Image.open(io.BytesIO(jpeg)).convert("RGB")).astype(int)
+    assert img.shape == (height, width, 3)
+    colourful = img.max(axis=2) - img.min(axis=2) > 60  # the shapes; the backgrounds are nearly grey
+    found = 0
+    for px, py in POSITIONS.values():  # a shape's centre is within the position's jitter (2% of each side)
+        x, y, dx, dy = int(px * width), int(py * height), int(0.02 * width) + 1, int(0.02 * height) + 1
+        found += int(colourful[y - dy:y + dy + 1, x - dx:x + dx + 1].any())
+    return found
+
+
 @pytest.mark.parametrize("variant", ["demo", "wide", "small-objects"])
 def test_count_images_show_that_many_shapes(variant):
     cfg = SynthConfig(seed=1, variant=variant, image_size=64 if variant == "demo" else None)
@@ -64,14 +76,32 @@ def test_count_images_show_that_many_shapes(variant):
     for i in range(4, 60, len(IMAGE_QTYPES)):  # every 5th index is a count question
         row, data, _ = make_qa_item("image_qa", "test", i, cfg, media_rows=[])
         assert row["qtype"] == "count" and data is not None
-        img = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)
-        assert img.shape == (height, width, 3)
-        colourful = img.max(axis=2) - img.min(axis=2) > 60  # the shapes; the backgrounds are nearly grey
-        found = 0
-        for px, py in POSITIONS.values():  # a shape's centre is within the position's jitter (2% of each side)
-            x, y, dx, dy = int(px * width), int(py * height), int(0.02 * width) + 1, int(0.02 * height) + 1
-            found += int(colourful[y - dy:y + dy + 1, x - dx:x + dx + 1].any())
-        assert found == int(row["answer"]) == row["count"], row
+        assert _shapes_drawn(data, width, height) == int(row["answer"]) == row["count"], row
+
+
+@pytest.mark.parametrize("variant", ["demo", "small-objects"])
+def test_count_captions_state_the_number_drawn(variant):
+    cfg = SynthConfig(seed=2, variant=variant, image_size=64 if variant == "demo" else None)
+    width, height = cfg.knobs().frame_size
+    counts = []
+    for i in range(24):
+        row, data, ext = make_count_item("train", i, cfg)
+        number = {"one": 1, "two": 2, "three": 3}[row["text"].split()[0]]
+        assert ext == "jpg" and _shapes_drawn(data, width, height) == number == row["count"], row
+        noun = row["shape"] + ("s" if number > 1 else "")
+        assert row["text"] == f"{row['text'].split()[0]} {row['colour']} {noun}" and not row["held_out"]
+        counts.append(number)
+    assert set(counts) == {1, 2, 3}
+
+
+def test_count_captions_are_a_text_dataset_of_the_corpus(small_corpus):
+    summary = json.loads((small_corpus / "corpus.json").read_text())
+    assert summary["datasets"][COUNT_DATASET]["kind"] == "text"
+    rows = _rows(small_corpus, COUNT_DATASET, "train")
+    assert len(rows) == summary["datasets"][COUNT_DATASET]["splits"]["train"] > 0
+    assert all((small_corpus / COUNT_DATASET / r["path"]).stat().st_size > 0 and r["text"] for r in rows)
+    sources = {s.name: s for s in corpus_sources(str(small_corpus))}
+    assert (sources[COUNT_DATASET].modality, sources[COUNT_DATASET].kind) == ("image", "text")
 
 
 def test_variant_video_questions_cover_diagonals_and_speed():

@@ -225,6 +225,8 @@ class SynthConfig(Config):
                           "position, count); media reused from image_text of the same split, count images drawn")
     video_qa: int = Field(default=300, ge=0, description="video question/answer pairs (colour, shape, motion "
                           "direction); media reused from video_text of the same split")
+    image_count: int = Field(default=300, ge=0, description="pictures of 1-3 identical shapes captioned with their "
+                             "number ('two red circles'): the pretraining rows that show more than one object")
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
     test_fraction: float = Field(default=0.15, ge=0, lt=1)
 

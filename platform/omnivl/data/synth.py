@@ -7,6 +7,8 @@ Layout under OUT (local or s3://):
   video_label/  {train,val,test}.jsonl  rows {path, label (= "moving <direction>"), ...}
   image_qa/     {train,val,test}.jsonl  rows {path, question, answer, qtype, colour, shape, ..., held_out}
   video_qa/     {train,val,test}.jsonl  rows {path, question, answer, qtype, colour, shape, direction, held_out}
+  image_count/  {train,val,test}.jsonl  rows {path, text, colour, shape, count, held_out}: 1-3 identical shapes,
+                captioned with their number ("three red circles"); kind `text`
   <dataset>/media/<split>_<index>.jpg|.mp4     (`path` in the manifests is relative to the manifest)
   corpus.json   counts, vocabularies, held-out combinations, config
 
@@ -19,7 +21,8 @@ QA pairs ask about colour, shape, size, position and count (images) and colour, 
 (videos; and speed where the corpus has speed words), with one- or two-word answers ("red", "circle",
 "top left", "2", "left", "up-right", "quickly"). They reuse the media of image_text/video_text *of the same
 split* (path `../image_text/media/...`), so test QA media were never seen in training; count questions get their
-own images of 1-3 identical shapes (image_qa/media/).
+own images of 1-3 identical shapes (image_qa/media/). image_count holds more such pictures, captioned with their
+number: the only pretraining data with more than one object, so the visual features learn to carry a count.
 
 Variants (`SynthConfig.variant`, knobs in `SynthKnobs`, table in docs/data.md) change how things look: frame
 size and aspect ratio, object scale, 4 or 8 directions, speed words, clip length and frame rate, textures,
@@ -80,11 +83,14 @@ VIDEO_WORDINGS = ("{a} {colour} {shape} moving {direction} {speed}",
 HELD_OUT_IMAGE = {("red", "triangle"), ("green", "circle"), ("blue", "diamond"), ("yellow", "square")}
 DATASETS = ("image_text", "image_label", "video_text", "video_label")
 QA_DATASETS = ("image_qa", "video_qa")
-ALL_DATASETS = DATASETS + QA_DATASETS
+COUNT_DATASET = "image_count"
+# Last, so that adding it left every other dataset's random stream (item_rngs' index) as it was.
+ALL_DATASETS = DATASETS + QA_DATASETS + (COUNT_DATASET,)
 SPLITS = ("train", "val", "test")
 IMAGE_QTYPES = ("colour", "shape", "size", "position", "count")
 VIDEO_QTYPES = ("colour", "shape", "direction")
 COUNTS = (1, 2, 3)
+COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
 
 
 def held_out_video(colour: str, shape: str, direction: str) -> bool:
@@ -403,6 +409,34 @@ def render_count_image(scene: Scene, count: int, knobs: SynthKnobs, style: Style
     return img
 
 
+def count_caption(scene: Scene, count: int) -> str:
+    """'one red circle', 'three blue squares'."""
+    return f"{COUNT_WORDS[count]} {scene.colour} {scene.shape}" + ("s" if count > 1 else "")
+
+
+def draw_count_item(rng: np.random.Generator, style_rng: np.random.Generator, knobs: SynthKnobs,
+                    split: str) -> tuple[Scene, int, bytes]:
+    """(scene, count, JPEG) of a picture of 1-3 identical shapes: count questions and image_count rows."""
+    scene = sample_scene(rng, False, split)
+    count = int(rng.choice(COUNTS))
+    style, _ = sample_style(style_rng, knobs, False)
+    return scene, count, encode_jpeg(render_count_image(scene, count, knobs, style, rng))
+
+
+def make_count_item(split: str, index: int, cfg: SynthConfig) -> tuple[dict, bytes, str]:
+    """(manifest row, JPEG, extension) of one image_count row; a pure function of (seed, split, index)."""
+    rng, style_rng = item_rngs(cfg, ALL_DATASETS.index(COUNT_DATASET), split, index)
+    scene, count, data = draw_count_item(rng, style_rng, cfg.knobs(), split)
+    row = {"text": count_caption(scene, count), "colour": scene.colour, "shape": scene.shape, "count": count,
+           "held_out": scene.held_out}
+    return row, data, "jpg"
+
+
+def dataset_kind(dataset: str) -> str:
+    """text, label or qa: a source's `kind` (image_count rows are captions)."""
+    return "text" if dataset == COUNT_DATASET else dataset.split("_")[1]
+
+
 def _scene_of(row: dict) -> Scene:
     return Scene(colour=row["colour"], shape=row["shape"], size=row.get("size", "small"),
                  position=row.get("position", "in the center"), direction=row.get("direction", ""),
@@ -421,10 +455,7 @@ def make_qa_item(dataset: str, split: str, index: int, cfg: SynthConfig,
     qtype = qtypes[index % len(qtypes)]  # balanced question types
     count, data, ext, path = 1, None, "mp4" if video else "jpg", ""
     if qtype == "count":
-        scene = sample_scene(rng, False, split)
-        count = int(rng.choice(COUNTS))
-        style, _ = sample_style(style_rng, knobs, False)
-        data = encode_jpeg(render_count_image(scene, count, knobs, style, rng))
+        scene, count, data = draw_count_item(rng, style_rng, knobs, split)
     elif media_rows:
         src = media_rows[int(rng.integers(len(media_rows)))]
         scene, path = _scene_of(src), src["path"]
@@ -476,7 +507,8 @@ def write_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dic
     for split, n in counts.items():
         lines = []
         for i in range(n):
-            row, data, ext = make_item(dataset, split, i, cfg)
+            row, data, ext = make_count_item(split, i, cfg) if dataset == COUNT_DATASET else make_item(dataset, split,
+                                                                                                       i, cfg)
             rel = f"media/{split}_{i:05d}.{ext}"
             (root / dataset / rel).write_bytes(data)
             text_or_label = {k: row.pop(k) for k in ("text", "label") if k in row}
@@ -494,7 +526,7 @@ def corpus_summary(cfg: SynthConfig, counts: dict[str, dict[str, int]], seconds:
         "variant": cfg.variant,
         "knobs": {**dataclasses.asdict(knobs), "frame_size": list(knobs.frame_size)},
         "datasets": {
-            d: {"modality": d.split("_")[0], "kind": d.split("_")[1], "splits": counts[d]} for d in ALL_DATASETS
+            d: {"modality": d.split("_")[0], "kind": dataset_kind(d), "splits": counts[d]} for d in ALL_DATASETS
         },
         "colours": list(COLOURS), "shapes": list(SHAPES), "sizes": list(SIZES),
         "positions": list(POSITIONS), "directions": list(directions), "speeds": list(knobs.speeds),
@@ -522,6 +554,7 @@ def generate(cfg: SynthConfig, out: str) -> dict:
         counts = {d: write_dataset(root, d, totals[d], cfg) for d in DATASETS}
         counts["image_qa"] = write_qa_dataset(root, "image_qa", cfg.image_qa, cfg)
         counts["video_qa"] = write_qa_dataset(root, "video_qa", cfg.video_qa, cfg)
+        counts[COUNT_DATASET] = write_dataset(root, COUNT_DATASET, cfg.image_count, cfg)
         summary = corpus_summary(cfg, counts, time.perf_counter() - start)
         (root / "corpus.json").write_text(json.dumps(summary, indent=2))
     return summary
@@ -530,7 +563,7 @@ def generate(cfg: SynthConfig, out: str) -> dict:
 def corpus_sources(root: str, split: str = "train", datasets: tuple[str, ...] = ALL_DATASETS) -> list[SourceConfig]:
     """SourceConfigs for the datasets of a corpus at `root` (names like "image_text", kinds text/label/qa)."""
     return [SourceConfig(name=d, manifest=storage.join(root, d, f"{split}.jsonl"), modality=d.split("_")[0],
-                         kind=d.split("_")[1]) for d in datasets]
+                         kind=dataset_kind(d)) for d in datasets]
 
 
 def run_job(job) -> dict:
