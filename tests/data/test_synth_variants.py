@@ -195,6 +195,30 @@ def test_variant_captions_labels_and_answers_state_the_scene(variant_corpus):
         assert r["answer"] in summary["qa"]["image_qa"]["answers"]
 
 
+def test_test_captions_list_every_phrasing_of_their_item(variant_corpus):
+    cfg, root = variant_corpus
+    k = cfg.knobs()
+    summary = json.loads((root / "corpus.json").read_text())
+    for dataset in ("image_text", "video_text"):
+        by_item: dict[str, list[dict]] = {}
+        for split in ("train", "val", "test"):
+            rows = [json.loads(line) for line in (root / dataset / f"{split}.jsonl").read_text().splitlines()]
+            assert len(rows) == summary["datasets"][dataset]["splits"][split]
+            if split != "test":  # training and validation: one caption per item, in a drawn phrasing
+                assert len({r["path"] for r in rows}) == len(rows)
+                continue
+            for r in rows:
+                by_item.setdefault(r["path"], []).append(r)
+        for path, rows in by_item.items():
+            scene = synth._scene_of(rows[0])
+            phrase = scene.video_caption if dataset == "video_text" else scene.image_caption
+            assert sorted(r["text"] for r in rows) == sorted(phrase(w) for w in range(k.wordings)), path
+            assert all({**r, "text": ""} == {**rows[0], "text": ""} for r in rows)  # the same facts, other words
+    # QA reuses each test item once: its questions are those of a corpus with one caption per item
+    qa_media = [json.loads(line)["path"] for line in (root / "video_qa" / "test.jsonl").read_text().splitlines()]
+    assert qa_media and all(p.startswith("../video_text/media/test_") for p in qa_media)
+
+
 def test_small_objects_clips_last_2_to_10_seconds():
     cfg = SynthConfig(variant="small-objects", seed=4)
     seen = []

@@ -87,6 +87,7 @@ COUNT_DATASET = "image_count"
 # Last, so that adding it left every other dataset's random stream (item_rngs' index) as it was.
 ALL_DATASETS = DATASETS + QA_DATASETS + (COUNT_DATASET,)
 SPLITS = ("train", "val", "test")
+REFERENCE_SPLIT = "test"  # where a caption item lists every phrasing of its facts (write_dataset)
 IMAGE_QTYPES = ("colour", "shape", "size", "position", "count")
 VIDEO_QTYPES = ("colour", "shape", "direction")
 COUNTS = (1, 2, 3)
@@ -484,7 +485,12 @@ def write_qa_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> 
     (root / dataset / "media").mkdir(parents=True, exist_ok=True)
     for split, n in counts.items():
         manifest = root / reused / f"{split}.jsonl"
-        media_rows = [json.loads(line) for line in manifest.read_text().splitlines()] if manifest.exists() else []
+        rows = [json.loads(line) for line in manifest.read_text().splitlines()] if manifest.exists() else []
+        media_rows, seen = [], set()
+        for r in rows:  # one row per item: a test item has a row per phrasing
+            if r["path"] not in seen:
+                seen.add(r["path"])
+                media_rows.append(r)
         for r in media_rows:
             r["path"] = f"../{reused}/{r['path']}"
         lines = []
@@ -500,11 +506,23 @@ def write_qa_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> 
 
 # --- Writing ----------------------------------------------------------------------------------------------
 
+def other_phrasings(dataset: str, row: dict, text: str, knobs: SynthKnobs) -> list[str]:
+    """The corpus's other phrasings of the facts of an image_text/video_text row's caption `text`."""
+    scene = _scene_of(row)
+    phrase = scene.video_caption if dataset == "video_text" else scene.image_caption
+    return [c for c in (phrase(w) for w in range(knobs.wordings)) if c != text]
+
+
 def write_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dict[str, int]:
-    """Write one dataset's media and manifests under root/dataset; returns rows per split."""
-    counts = split_counts(total, cfg)
+    """Write one dataset's media and manifests under root/dataset; returns rows per split.
+
+    A test item of image_text/video_text gets a row per phrasing of its facts (the drawn one first): all are true
+    captions, and captioning metrics score a caption against every reference of its item, as COCO's five do. With
+    one reference, BLEU-4 mostly measured whether the model picked the phrasing the reference was drawn in."""
+    knobs = cfg.knobs()
+    rows_written = {}
     (root / dataset / "media").mkdir(parents=True, exist_ok=True)
-    for split, n in counts.items():
+    for split, n in split_counts(total, cfg).items():
         lines = []
         for i in range(n):
             row, data, ext = make_count_item(split, i, cfg) if dataset == COUNT_DATASET else make_item(dataset, split,
@@ -513,8 +531,12 @@ def write_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dic
             (root / dataset / rel).write_bytes(data)
             text_or_label = {k: row.pop(k) for k in ("text", "label") if k in row}
             lines.append(json.dumps({"path": rel, **text_or_label, **row}))
+            if split == REFERENCE_SPLIT and dataset in ("image_text", "video_text"):
+                lines += [json.dumps({"path": rel, "text": other, **row})
+                          for other in other_phrasings(dataset, row, text_or_label["text"], knobs)]
         (root / dataset / f"{split}.jsonl").write_text("".join(line + "\n" for line in lines))
-    return counts
+        rows_written[split] = len(lines)
+    return rows_written
 
 
 def corpus_summary(cfg: SynthConfig, counts: dict[str, dict[str, int]], seconds: float) -> dict:
