@@ -14,8 +14,8 @@ from omnivl.data import text as T
 from omnivl.data.config import DecodeConfig, SourceConfig, SynthConfig
 from omnivl.data.decode import OUTPUT_COLUMNS, RowDecoder
 from omnivl.data.manifest import ManifestRow, read_manifest, resolve, row_batches
-from omnivl.data.synth import (COUNT_DATASET, IMAGE_QTYPES, POSITIONS, VIDEO_QTYPES, corpus_sources, make_count_item,
-                               make_qa_item, position_answer, qa_answer_vocab, video_qtypes)
+from omnivl.data.synth import (COUNT_DATASET, COUNT_WORDS, IMAGE_QTYPES, POSITIONS, VIDEO_QTYPES, corpus_sources,
+                               make_count_item, make_qa_item, position_answer, qa_answer_vocab, video_qtypes)
 
 
 def _rows(root, dataset, split):
@@ -48,7 +48,7 @@ def test_answers_follow_from_the_scene(small_corpus):
     caption_of = {r["path"]: r for r in _rows(small_corpus, "image_text", "test")}
     for r in _rows(small_corpus, "image_qa", "test"):
         expected = {"colour": r["colour"], "shape": r["shape"], "size": r.get("size"),
-                    "position": position_answer(r.get("position", "")), "count": str(r.get("count"))}[r["qtype"]]
+                    "position": position_answer(r.get("position", "")), "count": COUNT_WORDS.get(r.get("count"))}[r["qtype"]]
         assert r["answer"] == expected
         if r["qtype"] != "count":  # the reused image's caption describes the same scene
             cap = caption_of[r["path"].removeprefix("../image_text/")]
@@ -76,7 +76,7 @@ def test_count_images_show_that_many_shapes(variant):
     for i in range(4, 60, len(IMAGE_QTYPES)):  # every 5th index is a count question
         row, data, _ = make_qa_item("image_qa", "test", i, cfg, media_rows=[])
         assert row["qtype"] == "count" and data is not None
-        assert _shapes_drawn(data, width, height) == int(row["answer"]) == row["count"], row
+        assert _shapes_drawn(data, width, height) == row["count"] and row["answer"] == COUNT_WORDS[row["count"]], row
 
 
 @pytest.mark.parametrize("variant", ["demo", "small-objects"])
