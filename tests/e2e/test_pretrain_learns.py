@@ -29,11 +29,10 @@ def test_two_stage_pretraining_learns(ray_local, tmp_path_factory):
     synth = load_spec(ROOT / "jobs" / "synth.yaml", [f"corpus.variant={VARIANT}"])  # the recipe's corpus sizes
     generate(synth.corpus, str(corpus))
     run = tmp_path_factory.mktemp("run")
-    job = load_spec(ROOT / "jobs" / "pretrain_tiny.yaml", [
-        f"output={run}",
-        *[f"data.sources[{i}].manifest={corpus}/{n}/train.jsonl"
-          for i, n in enumerate(("image_text", "image_label", "video_text", "video_label"))],
-    ])
+    recipe = ROOT / "jobs" / "pretrain_tiny.yaml"
+    sources = [s.name for s in load_spec(recipe).data.sources]  # named after the corpus's datasets
+    job = load_spec(recipe, [f"output={run}", *[f"data.sources[{i}].manifest={corpus}/{n}/train.jsonl"
+                                                for i, n in enumerate(sources)]])
     assert job.scaling.num_workers == 2
     summary = pretrain(job)
     assert {s["status"] for s in summary["stages"].values()} == {"ran"}
