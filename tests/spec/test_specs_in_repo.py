@@ -40,3 +40,14 @@ def test_demo_is_a_pipeline_that_starts_with_the_corpus():
     job = load_spec(ROOT / "jobs" / "demo.yaml")
     assert isinstance(job, PipelineJob)
     assert job.step_jobs[0].kind == "synth"
+
+
+def test_the_recipe_is_the_same_in_the_demo_and_in_pretrain_tiny():
+    """The e2e test trains jobs/pretrain_tiny.yaml; the demo and `omnivl bench robustness` run jobs/demo.yaml."""
+    demo = load_spec(ROOT / "jobs" / "demo.yaml")
+    pretrain = next(j for j in demo.step_jobs if j.kind == "pretrain")
+    tiny = load_spec(ROOT / "jobs" / "pretrain_tiny.yaml")
+    assert pretrain.model.to_dict() == tiny.model.to_dict()
+    assert [s.to_dict() for s in pretrain.stages] == [s.to_dict() for s in tiny.stages]
+    assert [s.name for s in pretrain.data.sources] == [s.name for s in tiny.data.sources]
+    assert pretrain.data.decode.to_dict() == tiny.data.decode.to_dict()
