@@ -48,7 +48,8 @@ def test_answers_follow_from_the_scene(small_corpus):
     caption_of = {r["path"]: r for r in _rows(small_corpus, "image_text", "test")}
     for r in _rows(small_corpus, "image_qa", "test"):
         expected = {"colour": r["colour"], "shape": r["shape"], "size": r.get("size"),
-                    "position": position_answer(r.get("position", "")), "count": COUNT_WORDS.get(r.get("count"))}[r["qtype"]]
+                    "position": position_answer(r.get("position", "")),
+                    "count": COUNT_WORDS.get(r.get("count"))}[r["qtype"]]
         assert r["answer"] == expected
         if r["qtype"] != "count":  # the reused image's caption describes the same scene
             cap = caption_of[r["path"].removeprefix("../image_text/")]
