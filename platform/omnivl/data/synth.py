@@ -19,7 +19,7 @@ Everything is a function of the seed: the same seed gives the same files.
 
 QA pairs ask about colour, shape, size, position and count (images) and colour, shape and motion direction
 (videos; and speed where the corpus has speed words), with one- or two-word answers ("red", "circle",
-"top left", "2", "left", "up-right", "quickly"). They reuse the media of image_text/video_text *of the same
+"top left", "two", "left", "up-right", "quickly"). They reuse the media of image_text/video_text *of the same
 split* (path `../image_text/media/...`), so test QA media were never seen in training; count questions get their
 own images of 1-3 identical shapes (image_qa/media/). image_count holds more such pictures, captioned with their
 number: the only pretraining data with more than one object, so the visual features learn to carry a count.
@@ -525,11 +525,15 @@ def write_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dic
     knobs = cfg.knobs()
     rows_written = {}
     (root / dataset / "media").mkdir(parents=True, exist_ok=True)
+    def item(split: str, index: int) -> tuple[dict, bytes, str]:
+        if dataset == COUNT_DATASET:
+            return make_count_item(split, index, cfg)
+        return make_item(dataset, split, index, cfg)
+
     for split, n in split_counts(total, cfg).items():
         lines = []
         for i in range(n):
-            row, data, ext = make_count_item(split, i, cfg) if dataset == COUNT_DATASET else make_item(dataset, split,
-                                                                                                       i, cfg)
+            row, data, ext = item(split, i)
             rel = f"media/{split}_{i:05d}.{ext}"
             (root / dataset / rel).write_bytes(data)
             text_or_label = {k: row.pop(k) for k in ("text", "label") if k in row}

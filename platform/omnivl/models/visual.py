@@ -106,9 +106,9 @@ class ConvStem(nn.Module):
     than a linear map of raw pixels ("early convolutions", Xiao et al. 2021). An aid for training from random
     weights on small objects: a shape a few pixels across, anywhere in a 16-pixel patch, is no linear function of
     the patch's pixels, and a stride-2 first layer already blurs it (the shape warm-up on `small-objects`: 45 %
-    held out with the full-resolution layer, 38 % without). Batch norm makes the warm-up seed-robust: without it
-    one initialization of four stayed near chance for 800 steps (38 % held out; with it 70 %,
-    docs/robustness.md). The token count is unchanged."""
+    held out with the full-resolution layer, 38 % without). Batch norm makes the warm-up independent of the
+    initialization: without it one of the two initializations measured stayed near chance for 800 steps (38 % held
+    out; with it 70 %, docs/robustness.md). The token count is unchanged."""
 
     def __init__(self, arch: VisualArch) -> None:
         super().__init__()
