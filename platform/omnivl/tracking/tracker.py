@@ -170,6 +170,8 @@ class TensorBoardBackend:
             self._writer.close()
             self._upload()
             self._writer = None
+        if self.local != self.uri:  # the local copy of an s3:// run's event files is uploaded: drop it
+            shutil.rmtree(self.local, ignore_errors=True)
 
     def where(self) -> str:
         return f"tensorboard: {self.uri} (tensorboard --logdir {self.uri})"
