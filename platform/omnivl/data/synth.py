@@ -335,6 +335,8 @@ def split_counts(total: int, cfg: SynthConfig) -> dict[str, int]:
 
 def make_item(dataset: str, split: str, index: int, cfg: SynthConfig) -> tuple[dict, bytes, str]:
     """(manifest row, media bytes, extension) of one item; a pure function of (seed, dataset, split, index)."""
+    if dataset == COUNT_DATASET:
+        return make_count_item(split, index, cfg)
     knobs = cfg.knobs()
     rng, style_rng = item_rngs(cfg, DATASETS.index(dataset), split, index)
     video = dataset.startswith("video")
@@ -525,15 +527,10 @@ def write_dataset(root: Path, dataset: str, total: int, cfg: SynthConfig) -> dic
     knobs = cfg.knobs()
     rows_written = {}
     (root / dataset / "media").mkdir(parents=True, exist_ok=True)
-    def item(split: str, index: int) -> tuple[dict, bytes, str]:
-        if dataset == COUNT_DATASET:
-            return make_count_item(split, index, cfg)
-        return make_item(dataset, split, index, cfg)
-
     for split, n in split_counts(total, cfg).items():
         lines = []
         for i in range(n):
-            row, data, ext = item(split, i)
+            row, data, ext = make_item(dataset, split, i, cfg)
             rel = f"media/{split}_{i:05d}.{ext}"
             (root / dataset / rel).write_bytes(data)
             text_or_label = {k: row.pop(k) for k in ("text", "label") if k in row}

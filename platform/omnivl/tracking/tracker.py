@@ -133,13 +133,16 @@ class TensorBoardBackend:
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
-        self.local = tempfile.mkdtemp(prefix="omnivl-tb-") if storage.is_s3(uri) else uri
+        self.staged = storage.is_s3(uri)
+        self.local: str | None = None if self.staged else uri  # an s3:// run's staging dir: made on first write
         self._writer = None
 
     def writer(self):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            if self.local is None:
+                self.local = tempfile.mkdtemp(prefix="omnivl-tb-")
             self._writer = SummaryWriter(log_dir=self.local, flush_secs=5)
         return self._writer
 
@@ -170,14 +173,15 @@ class TensorBoardBackend:
             self._writer.close()
             self._upload()
             self._writer = None
-        if self.local != self.uri:  # the local copy of an s3:// run's event files is uploaded: drop it
+        if self.staged and self.local is not None:  # its event files are uploaded: drop the local copy
             shutil.rmtree(self.local, ignore_errors=True)
+            self.local = None
 
     def where(self) -> str:
         return f"tensorboard: {self.uri} (tensorboard --logdir {self.uri})"
 
     def _upload(self) -> None:
-        if self.local == self.uri:
+        if not self.staged:
             return
         for name in os.listdir(self.local):
             storage.write_bytes(storage.join(self.uri, name), Path(self.local, name).read_bytes())
