@@ -53,7 +53,7 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig) -> torch.optim.AdamW
     groups = param_groups(model, cfg.weight_decay)
     devices = {p.device.type for g in groups for p in g["params"]}
     fused = bool(devices) and devices <= set(FUSED_ADAMW_DEVICES)
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused or None)
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
