@@ -44,6 +44,19 @@ def test_qa_datasets_reuse_media_of_the_same_split_only(small_corpus):
     assert summary["datasets"]["image_qa"]["kind"] == "qa"
 
 
+def test_every_item_is_asked_every_question_type_before_any_twice():
+    # the n-th question of each type is about the n-th reused item: a type's test questions are on distinct items
+    # (drawn at random, 11 speed questions of a wide corpus fell on 8 clips)
+    cfg = SynthConfig(seed=1, variant="wide", image_size=32, video_frames=2, fps=2)
+    qtypes = video_qtypes(cfg.knobs())
+    media_rows = [{"path": f"../video_text/media/test_{k:05d}.mp4", "colour": "red", "shape": "circle",
+                   "direction": "left", "speed": "slowly", "held_out": False} for k in range(7)]
+    rows = [make_qa_item("video_qa", "test", i, cfg, media_rows)[0] for i in range(len(qtypes) * 9)]
+    for qtype in qtypes:
+        paths = [r["path"] for r in rows if r["qtype"] == qtype]
+        assert paths[:7] == [m["path"] for m in media_rows] and paths[7:] == paths[:2]
+
+
 def test_answers_follow_from_the_scene(small_corpus):
     caption_of = {r["path"]: r for r in _rows(small_corpus, "image_text", "test")}
     for r in _rows(small_corpus, "image_qa", "test"):

@@ -13,12 +13,12 @@ import pytest
 from PIL import Image
 
 from omnivl.data import synth
-from omnivl.data.config import SYNTH_VARIANTS, SynthConfig, SynthVariant, demo_knobs
+from omnivl.data.config import SYNTH_VARIANTS, Speed, SynthConfig, SynthVariant, demo_knobs
 from omnivl.data.synth import (COLOURS, DIRECTIONS, SHAPES, SPEED_TRAVEL, Scene, Style, direction_names, generate,
                                make_item, render_video)
 from omnivl.data.text import swap_left_right
 from omnivl.data.video import decode_clip
-from omnivl.eval.classify import OPPOSITE, direction_of, swap_direction
+from omnivl.eval.classify import OPPOSITE, SPEED_CONTRARY, direction_of, swap_direction, swap_speed
 
 # --- demo is the corpus as it was before variants ----------------------------------------------------------
 
@@ -26,11 +26,12 @@ from omnivl.eval.classify import OPPOSITE, direction_of, swap_direction
 # encoders replaced by a hash of their input pixels and settings: libx264 is not byte-reproducible from run to
 # run on these tiny frames (the same pixels sometimes give different mp4 bytes), so the encoder *inputs* are
 # what is pinned. With encode_jpeg/encode_h264 unchanged, equal inputs mean equal files.
-# Re-pinned once since: count answers became number words ("three", not "3"; issue 18), nothing else changed.
+# Re-pinned twice since, both for issue 18 and in the QA datasets only: count answers became number words ("three",
+# not "3"), and QA questions take the reused items in turn instead of at random (make_qa_item).
 DEMO_DIGESTS = {
-    "defaults": ("c1f8939ca74848b7d922cb590743f35c30b4b826caac7c3bc3ae202077514605",
+    "defaults": ("a12be3edf65a420d8e86710d02530358e8cecbe17cae4d082d1361b3a8eeca39",
                  dict(seed=0, image_text=6, image_label=4, video_text=5, video_label=4, image_qa=10, video_qa=6)),
-    "small": ("3034438440e8caa360eac40d33c62c4b17f38ba7a494bb7c68778f9cab8505c2",
+    "small": ("9af9ba69cfc5f1b100191517d2176ccc7fb03fccdbdc98644a05ab692ade714a",
               dict(seed=7, image_size=32, video_frames=8, fps=4, image_text=12, image_label=6, video_text=8,
                    video_label=6, image_qa=15, video_qa=9)),
 }
@@ -183,6 +184,10 @@ def test_variant_captions_labels_and_answers_state_the_scene(variant_corpus):
         scene = Scene(r["colour"], r["shape"], direction=r["direction"], speed=r.get("speed", ""))
         assert r["text"] in {scene.video_caption(w) for w in range(k.wordings)}
         assert swap_direction(r["text"]) == r["text"].replace(r["direction"], OPPOSITE[r["direction"]])
+        if k.speeds:  # the speed probe's contrary caption differs in the speed word alone
+            assert swap_speed(r["text"]) == r["text"].replace(r["speed"], SPEED_CONTRARY[r["speed"]])
+        else:
+            assert swap_speed(r["text"]) is None
     for r in _rows(root, "image_text"):
         scene = Scene(r["colour"], r["shape"], size=r["size"], position=r["position"])
         assert r["text"] in {scene.image_caption(w) for w in range(k.wordings)}
@@ -300,6 +305,10 @@ def test_direction_probe_words():
     assert swap_direction("a red circle slowly moves up-right") == "a red circle slowly moves down-left"
     assert swap_direction("a video of something moving down-left.") == "a video of something moving up-right."
     assert swap_direction("a red circle in an upright setup") is None and direction_of("upward") is None
+    assert swap_speed("a red circle slowly moves up-right") == "a red circle quickly moves up-right"
+    assert swap_speed("the red circle is heading down quickly") == "the red circle is heading down slowly"
+    assert swap_speed("a red circle moving left") is None and swap_speed("quicklyish") is None
+    assert set(SPEED_CONTRARY) == set(typing.get_args(Speed))  # every speed word the corpus can write
     for colour in COLOURS:
         for shape in SHAPES:
             for d in DIRECTIONS:

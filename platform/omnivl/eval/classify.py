@@ -16,6 +16,9 @@ OPPOSITE = {"left": "right", "right": "left", "up": "down", "down": "up",
             "up-left": "down-right", "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
 # A diagonal ("up-left") is one direction, so it is tried before its parts.
 _DIRECTION = re.compile(r"\b(?:(?:up|down)-(?:left|right)|left|right|up|down)\b")
+# The synthetic corpora's speed words (SynthConfig.speeds), each with its contrary: the speed probe's swap
+SPEED_CONTRARY = {"slowly": "quickly", "quickly": "slowly"}
+_SPEED = re.compile(r"\b(?:" + "|".join(SPEED_CONTRARY) + r")\b")
 # CLIP's convention (its learned logit scale is capped at 100): a cosine gap of 0.01 is a factor e in probability.
 CLASSIFY_LOGIT_SCALE = 100.0
 
@@ -80,6 +83,14 @@ def swap_direction(caption: str) -> str | None:
     if not _DIRECTION.search(caption):
         return None
     return _DIRECTION.sub(lambda m: OPPOSITE[m.group(0)], caption)
+
+
+def swap_speed(caption: str) -> str | None:
+    """The caption with its speed word replaced by the contrary one ('slowly' <-> 'quickly'); None if it has
+    none."""
+    if not _SPEED.search(caption):
+        return None
+    return _SPEED.sub(lambda m: SPEED_CONTRARY[m.group(0)], caption)
 
 
 def direction_of(caption: str) -> str | None:

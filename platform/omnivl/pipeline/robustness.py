@@ -7,8 +7,8 @@ step's `metrics.json` (`table` entries are `[value, chance]`) and writes `robust
 
 The bars are issue 18's acceptance: zero-shot direction and shape >= 2x chance, direction probe >= 80 %, linear
 probes >= 2.5x chance, text->video and text->image R@1 >= 5x chance, video captioning BLEU-4 and CIDEr above
-their chance (another item's reference caption). Figures without a bar (image captioning, QA by type) are shown
-for reading, not judged.
+their chance (another item's reference caption). Figures without a bar (the speed probe, image captioning, QA by
+type) are shown for reading, not judged.
 """
 
 from __future__ import annotations
@@ -66,6 +66,8 @@ METRICS = (
     Metric("text->image R@1", EVALUATE, "image_text", "text->image R@1", times_chance=5.0),
     Metric("video captioning BLEU-4", EVALUATE, "video_text", "captioning BLEU-4 (x100)", above_chance=True),
     Metric("video captioning CIDEr", EVALUATE, "video_text", "captioning CIDEr (x100)", above_chance=True),
+    Metric("speed probe (true vs contrary speed word)", EVALUATE, "video_text",
+           "speed probe: full caption, true vs contrary speed (%)"),
     Metric("image captioning BLEU-4", EVALUATE, "image_text", "captioning BLEU-4 (x100)"),
     Metric("image captioning CIDEr", EVALUATE, "image_text", "captioning CIDEr (x100)"),
 )

@@ -1,6 +1,7 @@
 """The retrieval task on a caption (`kind: text`) source: text->visual and visual->text, by contrastive
 similarity, then with each query's top `rerank_k` candidates re-scored by the matching head from the visual
-tokens the embedding pass kept; for videos also the motion-direction probe.
+tokens the embedding pass kept; for videos also the motion-direction probe, and the speed probe where the captions
+have speed words.
 
 Items are distinct media files; a caption matches the item its manifest row points at. Legend: V gallery items,
 T texts (decoded rows), K candidates per query, P candidate pairs.
@@ -18,7 +19,7 @@ from omnivl.eval.source import EvalSource
 from omnivl.eval.tasks.context import EvalContext
 
 RECALL_AT = (1, 5, 10)
-PAIRED_CHOICE_CHANCE = 50.0  # the direction probe picks one of two captions
+PAIRED_CHOICE_CHANCE = 50.0  # the direction and speed probes pick one of two captions
 
 
 def retrieval(source: EvalSource, ctx: EvalContext, emb: Embedded) -> TaskResult:
@@ -43,6 +44,10 @@ def retrieval(source: EvalSource, ctx: EvalContext, emb: Embedded) -> TaskResult
             payload["direction_probe"] = probe
             table["direction probe: full caption, true vs reversed (%)"] = Score(probe["caption"], PAIRED_CHOICE_CHANCE)
             table["direction probe: motion only, true vs reversed (%)"] = Score(probe["motion"], PAIRED_CHOICE_CHANCE)
+        speed = speed_probe(ctx, emb)
+        if speed is not None:
+            payload["speed_probe"] = speed
+            table["speed probe: full caption, true vs contrary speed (%)"] = Score(speed, PAIRED_CHOICE_CHANCE)
     figures = recall_figures(source, ctx, rank_lists, n_items=len(reps), n_texts=len(text_to_item))
     return TaskResult(payload, table, figures=figures, rows=len(text_to_item))
 
@@ -142,3 +147,18 @@ def direction_probe(source: EvalSource, ctx: EvalContext, emb: Embedded) -> dict
     n = len(rows)
     return {"caption": classify.paired_choice_accuracy(visual, emb.text_NE[rows], texts[:n]),
             "motion": classify.paired_choice_accuracy(visual, texts[n:2 * n], texts[2 * n:])}
+
+
+def speed_probe(ctx: EvalContext, emb: Embedded) -> float | None:
+    """Percent of captions with a speed word whose item is more similar to them than to the same caption with
+    the contrary speed ('slowly' <-> 'quickly'; chance 50), or None if no caption has one. Speed, like direction,
+    is only in the order and spacing of the frames: this tells whether the video features carry it."""
+    rows, alts = [], []
+    for n, text in enumerate(emb.text_N):
+        alt = classify.swap_speed(text)
+        if alt is not None:
+            rows.append(n)
+            alts.append(alt)
+    if not rows:
+        return None
+    return classify.paired_choice_accuracy(emb.visual_NE[rows], emb.text_NE[rows], ctx.driver.embed_texts(alts))
