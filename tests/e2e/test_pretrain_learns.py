@@ -54,8 +54,11 @@ def test_two_stage_pretraining_learns(ray_local, tmp_path_factory):
     # (chance 50 %, 45 videos), and 4-way zero-shot classification from "moving <direction>" prompts (30 videos).
     probe = m["video_text"]["direction probe: full caption, true vs reversed (%)"]
     assert probe["value"] >= 80.0, m["video_text"]
-    # wide's captions have speed words: the speed probe (true vs contrary speed word) is reported beside it
-    assert m["video_text"]["speed probe: full caption, true vs contrary speed (%)"]["chance"] == 50.0
+    # Speed, like direction, is only in how the frames differ: each held-out video against its caption and the same
+    # caption with the contrary speed word (chance 50 %). Measured on wide with `omnivl bench robustness`: 96.7 %
+    # (seed 0), 94.4 % (seed 1); held to the direction probe's bar.
+    speed = m["video_text"]["speed probe: full caption, true vs contrary speed (%)"]
+    assert speed["chance"] == 50.0 and speed["value"] >= 80.0, m["video_text"]
     directions = m["video_label"]["zero-shot top1"]
     assert directions["value"] >= 2 * directions["chance"], m["video_label"]
     # Shapes, zero-shot from class-name prompts (4 classes, 600 held-out images; the most frequent class is 27 %
