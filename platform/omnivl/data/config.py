@@ -222,9 +222,11 @@ class SynthConfig(Config):
     video_text: int = Field(default=300, ge=0)
     video_label: int = Field(default=200, ge=0)
     image_qa: int = Field(default=600, ge=0, description="image question/answer pairs (colour, shape, size, "
-                          "position, count); media reused from image_text of the same split, count images drawn")
+                          "position, count, in turn); media reused from image_text of the same split, each item "
+                          "asked every type before any is asked twice; count images drawn")
     video_qa: int = Field(default=300, ge=0, description="video question/answer pairs (colour, shape, motion "
-                          "direction); media reused from video_text of the same split")
+                          "direction, and speed where the corpus has speed words, in turn); media reused from "
+                          "video_text of the same split like image_qa's")
     image_count: int = Field(default=300, ge=0, description="pictures of 1-3 identical shapes captioned with their "
                              "number ('two red circles'): the pretraining rows that show more than one object")
     val_fraction: float = Field(default=0.1, ge=0, lt=1)
