@@ -9,6 +9,8 @@ T texts (decoded rows), K candidates per query, P candidate pairs.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from omnivl.eval import classify, report
@@ -129,33 +131,35 @@ def direction_probe(source: EvalSource, ctx: EvalContext, emb: Embedded) -> dict
     left" vs "... right", the modality's first prompt template), which isolates the temporal path."""
     from omnivl.data.config import DEFAULT_TEMPLATES
 
-    rows, alts, motion, motion_alt = [], [], [], []
-    template = (source.config.templates or DEFAULT_TEMPLATES[source.modality])[0]
-    for n, text in enumerate(emb.text_N):
-        alt = classify.swap_direction(text)
-        direction = classify.direction_of(text)
-        if alt is None or direction is None:
-            continue
-        rows.append(n)
-        alts.append(alt)
-        motion.append(template.format(f"moving {direction}"))
-        motion_alt.append(template.format(f"moving {classify.OPPOSITE[direction]}"))
-    if not rows:
+    caption = swapped_caption_choice(ctx, emb, classify.swap_direction)
+    if caption is None:
         return None
-    visual = emb.visual_NE[rows]
-    texts = ctx.driver.embed_texts(alts + motion + motion_alt)
-    n = len(rows)
-    return {"caption": classify.paired_choice_accuracy(visual, emb.text_NE[rows], texts[:n]),
-            "motion": classify.paired_choice_accuracy(visual, texts[n:2 * n], texts[2 * n:])}
+    template = (source.config.templates or DEFAULT_TEMPLATES[source.modality])[0]
+    rows, motion, motion_alt = [], [], []
+    for n, text in enumerate(emb.text_N):
+        direction = classify.direction_of(text)
+        if direction is not None:
+            rows.append(n)
+            motion.append(template.format(f"moving {direction}"))
+            motion_alt.append(template.format(f"moving {classify.OPPOSITE[direction]}"))
+    texts = ctx.driver.embed_texts(motion + motion_alt)
+    return {"caption": caption,
+            "motion": classify.paired_choice_accuracy(emb.visual_NE[rows], texts[:len(rows)], texts[len(rows):])}
 
 
 def speed_probe(ctx: EvalContext, emb: Embedded) -> float | None:
     """Percent of captions with a speed word whose item is more similar to them than to the same caption with
     the contrary speed ('slowly' <-> 'quickly'; chance 50), or None if no caption has one. Speed, like direction,
     is only in the order and spacing of the frames: this tells whether the video features carry it."""
+    return swapped_caption_choice(ctx, emb, classify.swap_speed)
+
+
+def swapped_caption_choice(ctx: EvalContext, emb: Embedded, swap: Callable[[str], str | None]) -> float | None:
+    """Percent of the captions that `swap` changes whose item is more similar to them than to their swapped form
+    (chance 50); None if it changes none."""
     rows, alts = [], []
     for n, text in enumerate(emb.text_N):
-        alt = classify.swap_speed(text)
+        alt = swap(text)
         if alt is not None:
             rows.append(n)
             alts.append(alt)
